@@ -1,0 +1,127 @@
+"""The model as a Bento service: typed prediction API with request logging, and ground-truth feedback.
+
+``bentoml serve bentos.service:ChurnService --arg model_tag=churn:<version>`` serves a model from the
+local store; a built Bento carries the champion it was built for (the ``model_tag`` build argument)
+and serves it with ``bentoml serve churn_service:<version>``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import bentoml
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from training.spec import BUILTIN_SPEC, load_spec
+
+# The request schema must exist when the class is defined; reading one YAML file is all it costs.
+SPEC = load_spec(
+    Path(os.environ["DRIFTLOOP_MODEL_SPEC"])
+    if os.environ.get("DRIFTLOOP_MODEL_SPEC")
+    else BUILTIN_SPEC
+)
+Request = SPEC.request_model
+
+
+class BuildArgs(BaseModel):
+    model_tag: str = f"{SPEC.name}:latest"
+
+
+ARGS = bentoml.use_arguments(BuildArgs)
+
+
+class Prediction(BaseModel):
+    request_id: str = Field(description="quote it when posting feedback for this prediction")
+    score: float = Field(description="probability of the positive class")
+    label: int = Field(description="score at or above the model's threshold")
+    model_name: str
+    model_version: str
+
+
+class FeedbackReceipt(BaseModel):
+    request_id: str
+    label: int
+    status: Literal["created", "updated", "unchanged"] = Field(
+        description="created: first label; updated: a different label replaced it; unchanged: same label again"
+    )
+
+
+@bentoml.service(
+    name=f"{SPEC.name}_service",
+    traffic={"timeout": 30},
+    labels={"project": "driftloop", "model": SPEC.name},
+)
+class ChurnService:
+    """Scores requests with the champion it was built for and records every prediction."""
+
+    model_ref = bentoml.models.BentoModel(ARGS.model_tag)
+
+    def __init__(self) -> None:
+        import joblib
+        from psycopg2.pool import ThreadedConnectionPool
+
+        from training.postgres import ensure_database
+        from training.registry import MODEL_FILE
+        from training.settings import get_settings
+
+        self.pipeline = joblib.load(self.model_ref.path_of(MODEL_FILE))
+        self.model_name = self.model_ref.tag.name
+        self.model_version = str(self.model_ref.tag.version)
+        self.threshold = SPEC.model.threshold
+        # Start-up fails loudly if the store is unreachable: serving without logging would lose data.
+        url = ensure_database(get_settings())
+        self.pool = ThreadedConnectionPool(1, 4, url, application_name="driftloop-service")
+
+    def _write(self, action: Any) -> Any:
+        conn = self.pool.getconn()
+        try:
+            with conn:
+                return action(conn)
+        finally:
+            self.pool.putconn(conn)
+
+    @bentoml.api(route="/predict", input_spec=Request)
+    def predict(self, **features: Any) -> Prediction:
+        """Score one subscriber; the response's ``request_id`` identifies it for feedback."""
+        from training.evaluate import score
+        from training.store import PredictionRecord, record_predictions
+
+        frame = pd.DataFrame([features])
+        probability = float(score(self.pipeline, SPEC, frame)[0])
+        prediction = Prediction(
+            request_id=uuid.uuid4().hex,
+            score=probability,
+            label=int(probability >= self.threshold),
+            model_name=self.model_name,
+            model_version=self.model_version,
+        )
+        record = PredictionRecord(
+            request_id=prediction.request_id,
+            model_name=self.model_name,
+            model_version=self.model_version,
+            features=features,
+            score=prediction.score,
+            label=prediction.label,
+        )
+        self._write(lambda conn: record_predictions(conn, [record]))
+        return prediction
+
+    @bentoml.api(route="/feedback")
+    def feedback(
+        self,
+        request_id: Annotated[str, Field(min_length=1, max_length=128)],
+        label: Annotated[int, Field(ge=0, le=1, strict=True)],
+    ) -> FeedbackReceipt:
+        """Record the ground truth for an earlier prediction (the latest different label wins)."""
+        from training.errors import NotFoundError
+        from training.store import record_feedback
+
+        try:
+            outcome = self._write(lambda conn: record_feedback(conn, request_id, label))
+        except NotFoundError as exc:
+            raise bentoml.exceptions.NotFound(str(exc)) from exc
+        return FeedbackReceipt(request_id=request_id, label=label, status=outcome.status)

@@ -1,0 +1,65 @@
+"""Extract a time window of predictions (with their labels, where known) from the feedback store."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime
+
+import pandas as pd
+from psycopg2 import sql
+
+from training.spec import ModelSpec
+from training.store import Connection
+
+__all__ = ["extract_window"]
+
+
+def _window_query(spec: ModelSpec) -> sql.Composed:
+    columns = [
+        sql.SQL("p.request_id"),
+        sql.SQL("p.created_at"),
+        sql.SQL("p.model_version"),
+        sql.SQL("p.score"),
+    ]
+    for feature in spec.features:
+        cast = sql.SQL("double precision" if feature.type == "numeric" else "text")
+        columns.append(
+            sql.SQL("(p.features ->> {key})::{cast} AS {name}").format(
+                key=sql.Literal(feature.name),
+                cast=cast,
+                name=sql.Identifier(feature.name),
+            )
+        )
+    columns.append(sql.SQL("f.label AS {}").format(sql.Identifier(spec.target)))
+    return sql.SQL(
+        "SELECT {columns} FROM predictions p LEFT JOIN feedback f USING (request_id)"
+        " WHERE p.model_name = %(model)s AND p.created_at >= %(start)s AND p.created_at < %(end)s"
+        " ORDER BY p.created_at, p.request_id"
+    ).format(columns=sql.SQL(", ").join(columns))
+
+
+def extract_window(
+    conn: Connection, spec: ModelSpec, start: datetime, end: datetime
+) -> pd.DataFrame:
+    """All predictions of ``spec``'s model in ``[start, end)``, the target empty where unlabelled.
+
+    Streams the rows with ``COPY ... TO STDOUT`` (one round trip, no per-row fetches).
+    """
+    if end <= start:
+        raise ValueError(f"window end {end.isoformat()} is not after its start {start.isoformat()}")
+    buffer = io.BytesIO()
+    with conn.cursor() as cur:
+        query = cur.mogrify(
+            _window_query(spec), {"model": spec.name, "start": start, "end": end}
+        ).decode()
+        cur.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)", buffer)
+    buffer.seek(0)
+    dtypes = {f.name: "float64" for f in spec.features if f.type == "numeric"}
+    dtypes.update({f.name: "object" for f in spec.features if f.type == "categorical"})
+    frame = pd.read_csv(
+        buffer,
+        dtype={"request_id": "object", "model_version": "object", **dtypes},
+        parse_dates=["created_at"],
+    )
+    frame[spec.target] = frame[spec.target].astype("Int64")
+    return frame

@@ -1,0 +1,55 @@
+"""The one place driftloop reads configuration from (environment prefix ``DRIFTLOOP_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    """Runtime configuration, validated when built, never at import.
+
+    Attributes:
+        home: data dir for the embedded PostgreSQL, local artifacts and Airflow's home.
+        database_url: a PostgreSQL URL; when unset, the embedded server under ``home`` is used.
+        artifacts_uri: where datasets, reports and training data go: a folder or ``s3://bucket/prefix``.
+        s3_endpoint_url: endpoint override for S3-compatible stores (MinIO, moto, ...).
+        model_spec: path of a model spec YAML; the built-in churn spec when unset.
+        containerize: whether the retrain DAG builds an OCI image after the Bento.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.cwd() / ".driftloop")
+    database_url: str | None = None
+    artifacts_uri: str | None = None
+    s3_endpoint_url: str | None = None
+    model_spec: Path | None = None
+    containerize: bool = False
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        # Services and Airflow tasks run with other working dirs; a relative home would split the data.
+        return value.expanduser().resolve()
+
+    @property
+    def pgdata(self) -> Path:
+        return self.home / "pgdata"
+
+    @property
+    def artifacts_root(self) -> str:
+        return self.artifacts_uri or str(self.home / "artifacts")
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+
+def get_settings() -> Settings:
+    """Build the settings from the environment (call at the edge, not at import)."""
+    return Settings()
