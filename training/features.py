@@ -10,7 +10,7 @@ from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from training.spec import ModelSpec
 
-__all__ = ["build_pipeline", "feature_frame"]
+__all__ = ["build_pipeline", "feature_frame", "fit_params"]
 
 
 def feature_frame(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
@@ -44,10 +44,7 @@ def build_pipeline(spec: ModelSpec) -> Pipeline:
             remainder="passthrough",
             verbose_feature_names_out=False,
         )
-        n_categorical = len(spec.categorical_features)
-        estimator = LGBMClassifier(
-            **spec.model.params, categorical_feature=list(range(n_categorical))
-        )
+        estimator = LGBMClassifier(**spec.model.params)
     else:
         preprocess = ColumnTransformer(
             [
@@ -62,3 +59,10 @@ def build_pipeline(spec: ModelSpec) -> Pipeline:
         )
         estimator = LogisticRegression(max_iter=1000, **spec.model.params)
     return Pipeline([("preprocess", preprocess), ("model", estimator)])
+
+
+def fit_params(spec: ModelSpec) -> dict[str, object]:
+    """Arguments for ``Pipeline.fit``: LightGBM treats the encoded leading columns as categorical."""
+    if spec.model.family == "lightgbm":
+        return {"model__categorical_feature": list(range(len(spec.categorical_features)))}
+    return {}

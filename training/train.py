@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from training.features import build_pipeline, feature_frame
+from training.features import build_pipeline, feature_frame, fit_params
 from training.spec import ModelSpec
 
 __all__ = ["fit", "labels"]
@@ -38,5 +38,5 @@ def fit(spec: ModelSpec, frame: pd.DataFrame) -> Pipeline:
     if y.nunique() < 2:
         raise ValueError(f"target {spec.target!r} has a single class; cannot train a classifier")
     pipeline = build_pipeline(spec)
-    pipeline.fit(feature_frame(spec, frame), y)
+    pipeline.fit(feature_frame(spec, frame), y, **fit_params(spec))
     return pipeline

@@ -1,0 +1,122 @@
+"""
+### driftloop: retrain on drift
+
+Every day (or when triggered with params), for the model named by the spec:
+
+1. **extract** the labelled window `[end - window_days, end)` from the feedback store (`COPY` → Parquet);
+2. **check_drift**: Evidently drift of the window against the champion's training data, the label's
+   distribution, and the champion's ROC AUC on recent labels; decide *retrain* or *skip*, with the reason;
+3. **train_challenger** (LightGBM) on the older part of the window; **validate** it against the
+   champion on the newest part (same holdout for both); a failed gate marks it *rejected*;
+4. **build_bento** of a challenger that passed, then **promote** it to champion.
+
+Every step records what it did in PostgreSQL (`drift_runs`, `training_runs`, `model_versions`).
+Params: `force` retrains whatever the drift check says (still gated); `window_days` sets the window.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+
+def _settings() -> Any:
+    from training.settings import get_settings
+
+    return get_settings()
+
+
+@dag(
+    dag_id="driftloop_retrain",
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["driftloop"],
+    params={
+        "force": Param(False, type="boolean", description="retrain even without drift"),
+        "window_days": Param(
+            7, type="number", minimum=0.01, maximum=365, description="days of data to look at"
+        ),
+    },
+)
+def driftloop_retrain() -> None:
+    @task
+    def extract(
+        params: dict[str, Any] | None = None,
+        run_id: str | None = None,
+        dag_run: Any = None,
+        data_interval_end: datetime | None = None,
+    ) -> dict[str, Any]:
+        assert params is not None
+        from training.retrain import extract as step
+
+        # Manual runs have no data interval; they look back from when they were asked to run.
+        end = data_interval_end or dag_run.run_after
+        return step(_settings(), str(run_id), end, float(params["window_days"]))
+
+    @task
+    def check_drift(
+        extracted: dict[str, Any], params: dict[str, Any] | None = None, run_id: str | None = None
+    ) -> dict[str, Any]:
+        assert params is not None
+        from training.retrain import check_drift as step
+
+        return step(_settings(), str(run_id), extracted, force=bool(params["force"]))
+
+    @task.branch
+    def decide(decision: dict[str, Any]) -> str:
+        return "train_challenger" if decision["decision"] == "retrain" else "record_skip"
+
+    @task
+    def record_skip(decision: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+        from training.retrain import record_skip as step
+
+        return step(_settings(), str(run_id), decision)
+
+    @task
+    def train_challenger(
+        decision: dict[str, Any], extracted: dict[str, Any], run_id: str | None = None
+    ) -> dict[str, Any]:
+        from training.retrain import train_challenger as step
+
+        return step(_settings(), str(run_id), decision, extracted["dataset_uri"])
+
+    @task
+    def validate(trained: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+        from training.retrain import validate as step
+
+        return step(_settings(), str(run_id), trained)
+
+    @task.short_circuit
+    def passed_gates(validation: dict[str, Any]) -> bool:
+        return bool(validation["passed"])
+
+    @task
+    def build_bento(validation: dict[str, Any]) -> dict[str, Any]:
+        from training.retrain import build_challenger_bento as step
+
+        return step(_settings(), validation)
+
+    @task
+    def promote(built: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+        from training.retrain import promote as step
+
+        return step(_settings(), str(run_id), built)
+
+    extracted = extract()
+    decision = check_drift(extracted)
+    branch = decide(decision)
+    trained = train_challenger(decision, extracted)
+    branch >> [trained, record_skip(decision)]
+    validation = validate(trained)
+    built = build_bento(validation)
+    passed_gates(validation) >> built
+    promote(built)
+
+
+driftloop_retrain()

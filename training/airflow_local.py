@@ -1,0 +1,206 @@
+"""Run Airflow on this machine for driftloop: its environment, migrations, ``dags test``, and the UI.
+
+Airflow runs in subprocesses with an environment built here, so this module never imports Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.error import URLError
+from urllib.request import urlopen
+
+from training.bento import PROJECT_ROOT
+from training.errors import DriftloopError
+from training.postgres import database_url
+from training.settings import Settings
+
+__all__ = ["DAG_ID", "AirflowSetup", "airflow_env", "dags_test", "migrate", "run_ui"]
+
+DAG_ID = "driftloop_retrain"
+LOCAL_ENV = PROJECT_ROOT / "airflow" / "local.env"
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _jwt_secret(home: Path) -> str:
+    # api-server, scheduler and task workers must sign and check task tokens with one secret.
+    path = home / "jwt_secret"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _sqlalchemy_url(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg2://", 1).replace(
+        "postgres://", "postgresql+psycopg2://", 1
+    )
+
+
+@dataclass(frozen=True)
+class AirflowSetup:
+    home: Path
+    env: dict[str, str]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def airflow_env(settings: Settings, *, port: int = 8080) -> AirflowSetup:
+    """The environment for every Airflow process of this project (metadata DB on PostgreSQL)."""
+    home = settings.airflow_home
+    home.mkdir(parents=True, exist_ok=True)
+    metadata = os.environ.get("DRIFTLOOP_AIRFLOW_DATABASE_URL") or database_url(settings, "airflow")
+    env = dict(os.environ)
+    for key, value in _read_env_file(LOCAL_ENV).items():
+        env.setdefault(key, value)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _sqlalchemy_url(metadata),
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__API_AUTH__JWT_SECRET": _jwt_secret(home),
+            "DRIFTLOOP_HOME": str(settings.home),
+        }
+    )
+    if settings.database_url:
+        env["DRIFTLOOP_DATABASE_URL"] = settings.database_url
+    return AirflowSetup(home=home, env=env, port=port)
+
+
+def _airflow(
+    setup: AirflowSetup, *args: str, log: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "airflow", *args]
+    if log is None:
+        return subprocess.run(command, env=setup.env, capture_output=True, text=True, check=False)
+    with log.open("w") as out:
+        return subprocess.run(
+            command, env=setup.env, stdout=out, stderr=subprocess.STDOUT, text=True, check=False
+        )
+
+
+def migrate(setup: AirflowSetup) -> None:
+    """``airflow db migrate`` (idempotent; a few seconds when there is nothing to do).
+
+    Raises:
+        DriftloopError: the migration failed (the message carries Airflow's last line).
+    """
+    result = _airflow(setup, "db", "migrate")
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
+        raise DriftloopError(f"airflow db migrate failed: {' '.join(tail)}")
+
+
+def dags_test(setup: AirflowSetup, conf: dict[str, object], log: Path) -> None:
+    """Run the retrain DAG once, for real, with ``airflow dags test`` (tasks run in this machine's
+    processes against the metadata DB); the full log goes to ``log``.
+
+    Raises:
+        DriftloopError: the run failed (see the log).
+    """
+    result = _airflow(setup, "dags", "test", DAG_ID, "--conf", json.dumps(conf), log=log)
+    failed = "failed" in _final_state(log)
+    if result.returncode != 0 or failed:
+        raise DriftloopError(f"the {DAG_ID} run failed; its log is {log}")
+
+
+def _final_state(log: Path) -> str:
+    # `dags test` ends its log with the DagRun's repr, which carries the run's state.
+    for line in reversed(log.read_text(errors="replace").splitlines()):
+        if "DagRun" in line and "state=" in line:
+            return line
+    return ""
+
+
+def _wait_for(url: str, timeout: float, alive: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            return False
+        try:
+            with urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except (URLError, OSError):
+            pass
+        time.sleep(1)
+    return False
+
+
+def run_ui(
+    setup: AirflowSetup, *, echo: Callable[[str], None] = print, stop_after: float | None = None
+) -> int:
+    """Start api-server, scheduler and dag-processor; print where to log in; stop all on Ctrl-C.
+
+    Returns the exit code: 0 after a clean stop, 1 when a component died.
+    """
+    migrate(setup)
+    logs = setup.home / "logs"
+    logs.mkdir(exist_ok=True)
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    for component in ("api-server", "scheduler", "dag-processor"):
+        out = (logs / f"{component}.log").open("ab")
+        processes[component] = subprocess.Popen(
+            [sys.executable, "-m", "airflow", component],
+            env=setup.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    echo(f"starting Airflow (logs in {logs}) ...")
+
+    def all_alive() -> bool:
+        return all(p.poll() is None for p in processes.values())
+
+    try:
+        if not _wait_for(f"{setup.url}/api/v2/monitor/health", 180, all_alive):
+            dead = [name for name, p in processes.items() if p.poll() is not None]
+            echo(f"Airflow did not come up (stopped: {', '.join(dead) or 'none'}); see {logs}")
+            return 1
+        echo(
+            f"Airflow UI: {setup.url}  (user admin, password in {setup.home / 'simple_auth_manager_passwords.json.generated'})"
+        )
+        echo(
+            f"DAG {DAG_ID}: scheduled daily; trigger it with params from the UI. Ctrl-C stops Airflow."
+        )
+        deadline = None if stop_after is None else time.monotonic() + stop_after
+        while all_alive():
+            if deadline is not None and time.monotonic() > deadline:
+                return 0
+            time.sleep(1)
+        dead = [name for name, p in processes.items() if p.poll() is not None]
+        echo(f"Airflow component(s) stopped: {', '.join(dead)}; see {logs}")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)

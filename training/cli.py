@@ -1,0 +1,329 @@
+"""The ``driftloop`` command: the demo, the store, Airflow, serving and status."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from training.errors import DriftloopError
+from training.settings import Settings, get_settings
+
+__all__ = ["main"]
+
+
+class Progress:
+    """Timestamped progress lines, so long steps show they are alive and how long they took."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {message}", flush=True)
+
+
+def _store(settings: Settings) -> str:
+    from training.postgres import ensure_database
+
+    return ensure_database(settings)
+
+
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    from training.postgres import stop_embedded
+
+    if args.action == "stop":
+        stopped = stop_embedded(settings)
+        print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+        return 0
+    url = _store(settings)
+    if args.action == "url":
+        print(url)
+    else:
+        from training.store import applied_migrations, connect
+
+        with connect(url) as conn:
+            versions = applied_migrations(conn)
+        print(f"PostgreSQL ready at {url} (migrations applied: {versions})")
+    return 0
+
+
+def _summary(settings: Settings, url: str, model_name: str) -> dict[str, Any]:
+    from training.store import connect
+
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT run_key, window_start, window_end, rows, labelled_rows, drift_share, drifted,"
+            " columns, performance, dataset_uri, report_uri, decision, reason"
+            " FROM drift_runs WHERE model_name = %s ORDER BY id DESC LIMIT 1",
+            (model_name,),
+        )
+        drift = cur.fetchone()
+        training: tuple[Any, ...] | None = None
+        if drift is not None:
+            cur.execute(
+                "SELECT status, reason, metrics, gates, challenger_tag FROM training_runs"
+                " WHERE model_name = %s AND run_key = %s",
+                (model_name, drift[0]),
+            )
+            training = cur.fetchone()
+        cur.execute(
+            "SELECT version, tag, bento_tag FROM model_versions"
+            " WHERE model_name = %s AND status = 'champion'",
+            (model_name,),
+        )
+        champion = cur.fetchone()
+    return {"drift": drift, "training": training, "champion": champion}
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    drift, training, champion = summary["drift"], summary["training"], summary["champion"]
+    print()
+    print("=" * 72)
+    if drift is None:
+        print("no retrain run recorded yet")
+        return
+    (
+        run_key,
+        start,
+        end,
+        rows,
+        labelled,
+        share,
+        _,
+        columns,
+        perf,
+        dataset,
+        report,
+        decision,
+        reason,
+    ) = drift
+    print(f"retrain run {run_key}")
+    print(
+        f"  window            {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC: {rows} predictions, {labelled} labelled"
+    )
+    if share is not None:
+        drifted = sorted(
+            ((name, c) for name, c in columns.items() if name != "__target__"),
+            key=lambda item: (not item[1]["drifted"], -item[1]["score"] / item[1]["threshold"]),
+        )[:3]
+        top = ", ".join(
+            f"{name} ({c['method']} {c['score']:.3f}{' DRIFTED' if c['drifted'] else ''})"
+            for name, c in drifted
+        )
+        print(f"  drift share       {share:.0%} of features drifted; most drifted: {top}")
+        target = columns.get("__target__")
+        if target:
+            moved = "moved" if target["drifted"] else "stable"
+            print(f"  label             {moved} ({target['method']} {target['score']:.3f})")
+    if perf:
+        print(
+            f"  champion ROC AUC  {perf['baseline_auc']:.3f} when trained, {perf['recent_auc']:.3f} on the window's labels"
+        )
+    print(f"  decision          {decision}: {reason}")
+    if training is not None:
+        status, why, metrics, _, challenger = training
+        champ_m, chall_m = metrics.get("champion"), metrics.get("challenger")
+        if chall_m:
+            print("                    ROC AUC   log loss  accuracy  (same holdout)")
+            if champ_m:
+                print(
+                    f"  champion          {champ_m['roc_auc']:.4f}    {champ_m['log_loss']:.4f}    {champ_m['accuracy']:.4f}"
+                )
+            print(
+                f"  challenger        {chall_m['roc_auc']:.4f}    {chall_m['log_loss']:.4f}    {chall_m['accuracy']:.4f}  {challenger}"
+            )
+        print(f"  outcome           {status}: {why}")
+    if champion is not None:
+        version, tag, bento = champion
+        print(f"  serving           champion v{version} {tag}, Bento {bento}")
+    print(f"  drift report      {report}")
+    print(f"  window dataset    {dataset}")
+    print("=" * 72)
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from training import registry
+    from training.airflow_local import airflow_env, dags_test, migrate
+    from training.retrain import bootstrap_champion
+    from training.simulate import simulate_traffic
+    from training.spec import load_spec
+    from training.store import connect, reset
+    from training.synthetic import Scenario, generate
+
+    step = Progress()
+    spec = load_spec(settings.model_spec)
+    url = _store(settings)
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM predictions WHERE model_name = %s", (spec.name,))
+        existing = cur.fetchone()[0]  # type: ignore[index]
+    if existing and not args.reset:
+        raise DriftloopError(
+            f"the store already holds {existing} predictions of {spec.name}; "
+            "run `driftloop demo --reset` to drop them and start over"
+        )
+    if args.reset:
+        with connect(url) as conn:
+            reset(conn)
+        url = _store(settings)
+    step(f"PostgreSQL ready ({url})")
+
+    initial = generate(args.initial_rows, seed=args.seed)
+    champion = bootstrap_champion(settings, initial)
+    step(
+        f"champion v{champion['version']} trained on {args.initial_rows} synthetic subscribers "
+        f"(ROC AUC {champion['metrics']['roc_auc']:.3f}); Bento {champion['bento_tag']}"
+    )
+
+    end = datetime.now(UTC)
+    start = end - timedelta(days=args.days)
+    scenario = Scenario(kind=args.scenario)
+    with connect(url) as conn:
+        traffic = simulate_traffic(
+            conn,
+            model_tag=champion["champion_tag"],
+            n=args.predictions,
+            start=start,
+            end=end,
+            drift=scenario,
+            seed=args.seed + 1,
+        )
+    step(
+        f"production: {traffic.predictions} predictions logged over {args.days} days, "
+        f"'{args.scenario}' drift from {traffic.drift_starts:%Y-%m-%d %H:%M}; "
+        f"{traffic.labelled} delayed labels arrived"
+    )
+
+    setup = airflow_env(settings)
+    migrate(setup)
+    step(f"Airflow metadata DB migrated ({setup.home})")
+    log = setup.home / "demo-dags-test.log"
+    step(f"running the retrain DAG with `airflow dags test` (log: {log}) ...")
+    dags_test(setup, {"window_days": args.window_days, "force": False}, log)
+    step("retrain DAG run succeeded")
+
+    _print_summary(_summary(settings, url, spec.name))
+    with connect(url) as conn:
+        current = registry.champion(conn, spec.name)
+    if current is not None:
+        print(f"\nserve it:  uv run driftloop serve      (= bentoml serve {current.bento_tag})")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from training.airflow_local import airflow_env, dags_test, migrate
+    from training.spec import load_spec
+
+    step = Progress()
+    url = _store(settings)
+    setup = airflow_env(settings)
+    migrate(setup)
+    log = setup.home / f"retrain-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
+    step(f"running the retrain DAG (log: {log}) ...")
+    dags_test(setup, {"window_days": args.window_days, "force": args.force}, log)
+    step("retrain DAG run succeeded")
+    _print_summary(_summary(settings, url, load_spec(settings.model_spec).name))
+    return 0
+
+
+def cmd_airflow(args: argparse.Namespace, settings: Settings) -> int:
+    from training.airflow_local import airflow_env, run_ui
+
+    _store(settings)
+    return run_ui(airflow_env(settings, port=args.port))
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from training import registry
+    from training.spec import load_spec
+    from training.store import connect
+
+    url = _store(settings)
+    name = load_spec(settings.model_spec).name
+    with connect(url) as conn:
+        current = registry.champion(conn, name)
+    if current is None or current.bento_tag is None:
+        raise DriftloopError(f"no champion of {name} with a Bento yet; run `driftloop demo` first")
+    command = ["bentoml", "serve", current.bento_tag, "--port", str(args.port), "--host", args.host]
+    print(f"serving champion v{current.version} ({current.tag}): {' '.join(command)}", flush=True)
+    env = dict(os.environ, DRIFTLOOP_HOME=str(settings.home), DRIFTLOOP_DATABASE_URL=url)
+    os.execvpe(command[0], command, env)
+    return 0  # pragma: no cover
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from training.spec import load_spec
+
+    url = _store(settings)
+    _print_summary(_summary(settings, url, load_spec(settings.model_spec).name))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="driftloop", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="the whole loop on embedded defaults, with a summary")
+    demo.add_argument("--reset", action="store_true", help="drop driftloop's tables first")
+    demo.add_argument("--initial-rows", type=int, default=8000)
+    demo.add_argument("--predictions", type=int, default=10000)
+    demo.add_argument("--days", type=float, default=14.0, help="length of the simulated traffic")
+    demo.add_argument("--window-days", type=float, default=7.0, help="the retrain DAG's window")
+    demo.add_argument(
+        "--scenario",
+        default="mixed",
+        choices=["none", "covariate", "concept", "prior", "mixed"],
+        help="drift injected half-way through the traffic",
+    )
+    demo.add_argument("--seed", type=int, default=1)
+    demo.set_defaults(func=cmd_demo)
+
+    db = sub.add_parser("db", help="the feedback store (embedded PostgreSQL unless configured)")
+    db.add_argument("action", choices=["start", "stop", "url"])
+    db.set_defaults(func=cmd_db)
+
+    retrain = sub.add_parser("retrain", help="run the retrain DAG once with `airflow dags test`")
+    retrain.add_argument("--force", action="store_true", help="retrain even without drift")
+    retrain.add_argument("--window-days", type=float, default=7.0)
+    retrain.set_defaults(func=cmd_retrain)
+
+    airflow = sub.add_parser("airflow", help="Airflow UI, scheduler and dag-processor")
+    airflow.add_argument("--port", type=int, default=8080)
+    airflow.set_defaults(func=cmd_airflow)
+
+    serve = sub.add_parser("serve", help="bentoml serve the champion's Bento")
+    serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.set_defaults(func=cmd_serve)
+
+    status = sub.add_parser("status", help="the champion and the last retrain run")
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = get_settings()
+        code: int = args.func(args, settings)
+        return code
+    except DriftloopError as exc:
+        print(f"driftloop: error: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError, subprocess.SubprocessError) as exc:
+        # Settings, specs and files: the message names the field or path.
+        print(
+            f"driftloop: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
