@@ -69,7 +69,9 @@ def airflow_env(settings: Settings, *, port: int = 8080) -> AirflowSetup:
     """The environment for every Airflow process of this project (metadata DB on PostgreSQL)."""
     home = settings.airflow_home
     home.mkdir(parents=True, exist_ok=True)
-    metadata = os.environ.get("DRIFTLOOP_AIRFLOW_DATABASE_URL") or database_url(settings, "airflow")
+    # database_url() returns the configured URL as it is when one is set, else the embedded
+    # server's `airflow` database.
+    metadata = settings.airflow_database_url or database_url(settings, "airflow")
     env = dict(os.environ)
     for key, value in _read_env_file(LOCAL_ENV).items():
         env.setdefault(key, value)

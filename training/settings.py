@@ -16,6 +16,8 @@ class Settings(BaseSettings):
     Attributes:
         home: data dir for the embedded PostgreSQL, local artifacts and Airflow's home.
         database_url: a PostgreSQL URL; when unset, the embedded server under ``home`` is used.
+        airflow_database_url: Airflow's metadata database; by default the ``airflow`` database on
+            the embedded server, or the driftloop database itself when ``database_url`` is set.
         artifacts_uri: where datasets, reports and training data go: a folder or ``s3://bucket/prefix``.
         s3_endpoint_url: endpoint override for S3-compatible stores (MinIO, moto, ...).
         model_spec: path of a model spec YAML; the built-in churn spec when unset.
@@ -26,6 +28,7 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=lambda: Path.cwd() / ".driftloop")
     database_url: str | None = None
+    airflow_database_url: str | None = None
     artifacts_uri: str | None = None
     s3_endpoint_url: str | None = None
     model_spec: Path | None = None
