@@ -47,10 +47,10 @@ def server_url(session_root: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def database_url(server_url: str) -> str:
     """A database of its own for this test session."""
-    from training.postgres import _create_database_if_missing, with_database
+    from training.postgres import create_database, with_database
 
     name = f"driftloop_test_{uuid.uuid4().hex[:8]}"
-    _create_database_if_missing(server_url, name)
+    create_database(server_url, name)
     return with_database(server_url, name)
 
 
@@ -68,10 +68,10 @@ def store_url(database_url: str) -> str:
 @pytest.fixture(scope="session")
 def airflow_database_url(server_url: str) -> str:
     """Airflow's metadata database for this session (migrated by the tests that need it)."""
-    from training.postgres import _create_database_if_missing, with_database
+    from training.postgres import create_database, with_database
 
     name = f"airflow_test_{uuid.uuid4().hex[:8]}"
-    _create_database_if_missing(server_url, name)
+    create_database(server_url, name)
     return with_database(server_url, name)
 
 

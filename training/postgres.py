@@ -16,7 +16,7 @@ from psycopg2 import sql
 from training.errors import StoreUnavailable
 from training.settings import Settings
 
-__all__ = ["database_url", "ensure_database", "stop_embedded", "with_database"]
+__all__ = ["create_database", "database_url", "ensure_database", "stop_embedded", "with_database"]
 
 log = logging.getLogger(__name__)
 DEFAULT_DATABASE = "driftloop"
@@ -64,7 +64,7 @@ def with_database(url: str, database: str) -> str:
     return parts._replace(path=f"/{database}").geturl()
 
 
-def _create_database_if_missing(server_url: str, database: str) -> None:
+def create_database(server_url: str, database: str) -> None:
     conn = psycopg2.connect(server_url)
     try:
         conn.autocommit = True
@@ -88,7 +88,7 @@ def database_url(settings: Settings, database: str = DEFAULT_DATABASE) -> str:
         return settings.database_url
     server_url = _embedded_server_url(settings)
     try:
-        _create_database_if_missing(server_url, database)
+        create_database(server_url, database)
     except psycopg2.OperationalError as exc:
         first_line = str(exc).strip().splitlines()[0]
         raise StoreUnavailable(f"embedded PostgreSQL not reachable: {first_line}") from exc
