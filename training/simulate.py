@@ -5,8 +5,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from training import registry
 from training.evaluate import score
@@ -55,8 +57,6 @@ def simulate_traffic(
     before = generate(n_before, seed=seed, scenario=NO_DRIFT) if n_before else None
     after = generate(n - n_before, seed=seed + 1, scenario=drift) if n > n_before else None
     frames = [f for f in (before, after) if f is not None]
-    import pandas as pd
-
     traffic = pd.concat(frames, ignore_index=True)
     rng = np.random.default_rng(seed)
     span = (end - start).total_seconds()
@@ -67,29 +67,34 @@ def simulate_traffic(
         uuid.UUID(int=int(rng.integers(0, 2**63)) << 64 | i).hex for i in range(n)
     ]
 
-    features = traffic[spec.feature_names].to_dict(orient="records")
+    request_ids: list[str] = traffic["request_id"].tolist()
+    created: list[datetime] = traffic["created_at"].tolist()
+    scores: list[float] = traffic["score"].astype(float).tolist()
+    targets: list[int] = traffic[spec.target].astype(int).tolist()
+    features: list[dict[str, Any]] = [
+        {str(k): v for k, v in row.items()}
+        for row in traffic[spec.feature_names].to_dict(orient="records")
+    ]
     records = [
         PredictionRecord(
-            request_id=row.request_id,
+            request_id=request_ids[i],
             model_name=name,
             model_version=version,
             features=features[i],
-            score=float(row.score),
-            label=int(row.score >= spec.model.threshold),
-            created_at=row.created_at,
+            score=scores[i],
+            label=int(scores[i] >= spec.model.threshold),
+            created_at=created[i],
         )
-        for i, row in enumerate(traffic.itertuples(index=False))
+        for i in range(n)
     ]
     record_predictions(conn, records)
 
     delays = rng.uniform(*label_delay_days, size=n)
-    arrived = [
-        (rid, int(label), created + timedelta(days=float(d)))
-        for rid, label, created, d in zip(
-            traffic["request_id"], traffic[spec.target], traffic["created_at"], delays, strict=True
-        )
-        if created + timedelta(days=float(d)) <= end
-    ]
+    arrived: list[tuple[str, int, datetime | None]] = []
+    for i in range(n):
+        received = created[i] + timedelta(days=float(delays[i]))
+        if received <= end:
+            arrived.append((request_ids[i], targets[i], received))
     record_feedback_many(conn, arrived)
     return Traffic(
         predictions=n,
