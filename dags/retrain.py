@@ -119,4 +119,4 @@ def driftloop_retrain() -> None:
     promote(built)
 
 
-driftloop_retrain()
+dag = driftloop_retrain()

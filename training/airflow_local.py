@@ -23,7 +23,16 @@ from training.errors import DriftloopError
 from training.postgres import database_url
 from training.settings import Settings
 
-__all__ = ["DAG_ID", "AirflowSetup", "airflow_env", "dags_test", "migrate", "run_ui"]
+__all__ = [
+    "DAG_ID",
+    "AirflowSetup",
+    "DagTestResult",
+    "airflow_env",
+    "dag_test",
+    "dags_test",
+    "migrate",
+    "run_ui",
+]
 
 DAG_ID = "driftloop_retrain"
 LOCAL_ENV = PROJECT_ROOT / "airflow" / "local.env"
@@ -126,6 +135,48 @@ def dags_test(setup: AirflowSetup, conf: dict[str, object], log: Path) -> None:
     failed = "failed" in _final_state(log)
     if result.returncode != 0 or failed:
         raise DriftloopError(f"the {DAG_ID} run failed; its log is {log}")
+
+
+_DAG_TEST = """
+import json, runpy, sys
+namespace = runpy.run_path(sys.argv[1], run_name="driftloop_dag_test")
+run = namespace["dag"].test(run_conf=json.loads(sys.argv[2]))
+tasks = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+print("DAG_TEST_RESULT=" + json.dumps({"state": str(run.state), "run_id": run.run_id, "tasks": tasks}))
+"""
+
+
+@dataclass(frozen=True)
+class DagTestResult:
+    state: str
+    run_id: str
+    tasks: dict[str, str]
+    log: str
+
+
+def dag_test(setup: AirflowSetup, conf: dict[str, object]) -> DagTestResult:
+    """Run the retrain DAG once with ``dag.test()`` in a fresh interpreter.
+
+    Airflow reads its configuration when first imported, so the caller (a test, say) keeps its own
+    process free of Airflow and hands this run the project's environment instead.
+
+    Raises:
+        DriftloopError: the interpreter failed before the run could report (the log's tail says why).
+    """
+    dag_file = PROJECT_ROOT / "dags" / "retrain.py"
+    result = subprocess.run(
+        [sys.executable, "-c", _DAG_TEST, str(dag_file), json.dumps(conf)],
+        env=setup.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    log = result.stdout + result.stderr
+    for line in result.stdout.splitlines():
+        if line.startswith("DAG_TEST_RESULT="):
+            found = json.loads(line.removeprefix("DAG_TEST_RESULT="))
+            return DagTestResult(found["state"], found["run_id"], found["tasks"], log)
+    raise DriftloopError(f"dag.test() did not finish: {' | '.join(log.strip().splitlines()[-5:])}")
 
 
 def _final_state(log: Path) -> str:
