@@ -68,7 +68,7 @@ class DriftPolicy(_Frozen):
     # Evidently picks a test per column by type and size when these are unset.
     method: str | None = None
     column_threshold: float | None = Field(None, gt=0)
-    max_performance_drop: float = Field(0.03, ge=0)
+    max_performance_drop: float = Field(0.05, ge=0)
     max_rows: int = Field(20000, ge=100)
 
 

@@ -1,0 +1,140 @@
+"""The retrain DAG run for real with ``dag.test()`` (Airflow 3, metadata on PostgreSQL), down every branch.
+
+Each test seeds the store with a champion and simulated traffic, runs the DAG once, then checks the
+run's task states and what the loop recorded in PostgreSQL and BentoML's store.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from training.airflow_local import DagTestResult, airflow_env, dag_test, migrate
+from training.retrain import bootstrap_champion
+from training.settings import get_settings
+from training.simulate import simulate_traffic
+from training.store import connect
+from training.synthetic import Scenario, generate
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+_migrated: set[str] = set()
+
+
+@pytest.fixture
+def airflow(env: Path, airflow_database_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DRIFTLOOP_AIRFLOW_DATABASE_URL", airflow_database_url)
+    if airflow_database_url not in _migrated:
+        migrate(airflow_env(get_settings()))
+        _migrated.add(airflow_database_url)
+    return env
+
+
+def _run(conf: dict[str, Any]) -> DagTestResult:
+    result = dag_test(airflow_env(get_settings()), conf)
+    assert result.state == "success", result.log[-4000:]
+    return result
+
+
+def _seed(scenario: Scenario, n: int = 4000) -> dict[str, Any]:
+    settings = get_settings()
+    champion = bootstrap_champion(settings, generate(3000, seed=1))
+    end = datetime.now(UTC)
+    with connect(settings.database_url or "") as conn:
+        simulate_traffic(
+            conn,
+            model_tag=champion["champion_tag"],
+            n=n,
+            start=end - timedelta(days=8),
+            end=end,
+            drift=scenario,
+            drift_at=0.125,
+            seed=5,
+        )
+    return champion
+
+
+def _query(sql: str, *params: object) -> list[tuple[Any, ...]]:
+    with connect(get_settings().database_url or "") as conn, conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchall()
+
+
+def test_drift_trains_validates_and_promotes_a_new_bento(airflow: Path) -> None:
+    import bentoml
+
+    first = _seed(Scenario(kind="mixed"))
+    result = _run({"window_days": 7, "force": False})
+
+    assert result.tasks["promote"] == "success"
+    assert result.tasks["record_skip"] == "skipped"
+    [(decision, reason, share)] = _query("SELECT decision, reason, drift_share FROM drift_runs")
+    assert decision == "retrain"
+    assert "feature drift" in reason
+    assert share >= 0.3
+    versions = _query("SELECT version, status, bento_tag FROM model_versions ORDER BY version")
+    assert [(v, s) for v, s, _ in versions] == [(1, "retired"), (2, "champion")]
+    new_bento = versions[1][2]
+    assert new_bento != first["bento_tag"]
+    assert bentoml.bentos.get(new_bento).info.labels["model_tag"].startswith("churn.")
+    [(status,)] = _query("SELECT status FROM training_runs WHERE run_key = %s", result.run_id)
+    assert status == "promoted"
+    report = _query("SELECT report_uri FROM drift_runs")[0][0]
+    assert Path(report).read_text().lower().count("drift") > 10
+
+
+def test_no_drift_skips_with_its_reason(airflow: Path) -> None:
+    _seed(Scenario(kind="none"))
+    result = _run({"window_days": 7, "force": False})
+
+    assert result.tasks["record_skip"] == "success", _query(
+        "SELECT decision, reason FROM drift_runs"
+    )
+    assert result.tasks["train_challenger"] == "skipped"
+    assert result.tasks["promote"] == "skipped"
+    [(decision, reason)] = _query("SELECT decision, reason FROM drift_runs")
+    assert decision == "skip"
+    assert reason == "no drift and the champion holds its accuracy"
+    assert _query("SELECT status, reason FROM training_runs WHERE run_key = %s", result.run_id) == [
+        ("skipped", reason)
+    ]
+    assert _query("SELECT version, status FROM model_versions") == [(1, "champion")]
+
+
+def test_too_few_labels_ends_green_with_the_skip_recorded(airflow: Path) -> None:
+    bootstrap_champion(get_settings(), generate(3000, seed=1))
+    result = _run({"window_days": 7, "force": True})
+
+    assert result.tasks["record_skip"] == "success"
+    [(status, reason)] = _query(
+        "SELECT status, reason FROM training_runs WHERE run_key = %s", result.run_id
+    )
+    assert status == "skipped"
+    assert reason == "too few labelled rows: 0 in the window, 500 needed"
+
+
+def test_failed_gates_reject_the_challenger_and_keep_the_champion(
+    airflow: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    champion = _seed(Scenario(kind="none"))
+    builtin = Path(__file__).parents[2] / "training" / "specs" / "churn.yaml"
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(builtin.read_text().replace("min_auc_gain: 0.0", "min_auc_gain: 0.5"))
+    monkeypatch.setenv("DRIFTLOOP_MODEL_SPEC", str(strict))
+
+    result = _run({"window_days": 7, "force": True})
+
+    assert result.tasks["validate"] == "success"
+    assert result.tasks["build_bento"] == "skipped"
+    assert result.tasks["promote"] == "skipped"
+    [(status, reason)] = _query(
+        "SELECT status, reason FROM training_runs WHERE run_key = %s", result.run_id
+    )
+    assert status == "rejected"
+    assert "vs required +0.5000" in reason
+    versions = _query("SELECT tag, status, bento_tag FROM model_versions ORDER BY version")
+    assert versions[0] == (champion["champion_tag"], "champion", champion["bento_tag"])
+    assert versions[1][1:] == ("rejected", None)

@@ -1,0 +1,106 @@
+"""The feedback store against a real PostgreSQL: migrations, idempotent writes, COPY extraction."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from training.errors import NotFoundError, StoreUnavailable
+from training.extract import extract_window
+from training.spec import load_spec
+from training.store import (
+    PredictionRecord,
+    applied_migrations,
+    connect,
+    migrate,
+    record_feedback,
+    record_predictions,
+)
+
+pytestmark = pytest.mark.integration
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def _prediction(request_id: str, at: datetime, **features: object) -> PredictionRecord:
+    spec = load_spec()
+    return PredictionRecord(
+        request_id=request_id,
+        model_name="churn",
+        model_version="v1",
+        features=spec.example_request() | features,
+        score=0.7,
+        label=1,
+        created_at=at,
+    )
+
+
+def test_migrations_apply_once(store_url: str) -> None:
+    with connect(store_url) as conn:
+        assert migrate(conn) == []
+        assert applied_migrations(conn) == [1]
+
+
+def test_predictions_are_idempotent_on_request_id(store_url: str) -> None:
+    with connect(store_url) as conn:
+        assert record_predictions(conn, [_prediction("a", T0), _prediction("b", T0)]) == 2
+        assert record_predictions(conn, [_prediction("a", T0, age=99.0), _prediction("c", T0)]) == 1
+        with conn.cursor() as cur:
+            cur.execute("SELECT request_id, features->>'age' FROM predictions ORDER BY 1")
+            rows = cur.fetchall()
+    assert [r[0] for r in rows] == ["a", "b", "c"]
+    assert rows[0][1] != "99.0"  # the first write of "a" stays
+
+
+def test_feedback_latest_different_label_wins(store_url: str) -> None:
+    with connect(store_url) as conn:
+        record_predictions(conn, [_prediction("a", T0)])
+        assert record_feedback(conn, "a", 1).status == "created"
+        assert record_feedback(conn, "a", 1).status == "unchanged"
+        assert record_feedback(conn, "a", 0).status == "updated"
+        with conn.cursor() as cur:
+            cur.execute("SELECT label, revisions FROM feedback WHERE request_id = 'a'")
+            assert cur.fetchall() == [(0, 1)]
+
+
+def test_feedback_for_unknown_request_is_refused_and_not_stored(store_url: str) -> None:
+    with connect(store_url) as conn:
+        with pytest.raises(NotFoundError, match="no prediction with request_id 'ghost'"):
+            record_feedback(conn, "ghost", 1)
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM feedback")
+            assert cur.fetchone() == (0,)
+
+
+def test_extract_window_returns_typed_rows_with_labels_where_known(store_url: str) -> None:
+    spec = load_spec()
+    with connect(store_url) as conn:
+        record_predictions(
+            conn,
+            [
+                _prediction("before", T0 - timedelta(seconds=1)),
+                _prediction("first", T0, region="south"),
+                _prediction("second", T0 + timedelta(hours=1)),
+                _prediction("at-end", T0 + timedelta(days=1)),
+            ],
+        )
+        record_feedback(conn, "first", 1)
+        frame = extract_window(conn, spec, T0, T0 + timedelta(days=1))
+    assert list(frame["request_id"]) == ["first", "second"]
+    assert frame.loc[0, "region"] == "south"
+    assert frame["age"].dtype == "float64"
+    assert frame[spec.target].tolist()[0] == 1
+    assert frame[spec.target].isna().tolist() == [False, True]
+
+
+def test_extract_refuses_an_empty_window(store_url: str) -> None:
+    with connect(store_url) as conn, pytest.raises(ValueError, match="is not after its start"):
+        extract_window(conn, load_spec(), T0, T0)
+
+
+def test_unreachable_database_is_one_clear_error() -> None:
+    with (
+        pytest.raises(StoreUnavailable, match="database unreachable"),
+        connect("postgresql://nobody@127.0.0.1:1/none"),
+    ):
+        pass
