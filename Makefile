@@ -1,0 +1,53 @@
+# The same commands the README and CI use. `make help` lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+# uv from PATH, else the one `make setup` installs into this Python from PyPI.
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+# Use the system's CA store, so installs also work behind a TLS-intercepting proxy.
+export UV_NATIVE_TLS ?= 1
+export BENTOML_DO_NOT_TRACK ?= true
+PORT ?= 3000
+AIRFLOW_PORT ?= 8080
+
+.PHONY: help setup demo serve airflow retrain status test lint typecheck check stop clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: ## install uv (from PyPI) if missing, then the locked environment in .venv
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.5"
+	$(UV) sync --frozen
+
+demo: ## the whole loop on embedded defaults, with a summary (starts over each time)
+	$(UV) run --frozen driftloop demo --reset
+
+serve: ## serve the champion's Bento on http://127.0.0.1:3000 (PORT=... to change)
+	$(UV) run --frozen driftloop serve --port $(PORT)
+
+airflow: ## Airflow UI, scheduler and dag-processor on http://127.0.0.1:8080 (AIRFLOW_PORT=...)
+	$(UV) run --frozen driftloop airflow --port $(AIRFLOW_PORT)
+
+retrain: ## run the retrain DAG once now (airflow dags test)
+	$(UV) run --frozen driftloop retrain
+
+status: ## the champion and the last retrain run
+	$(UV) run --frozen driftloop status
+
+test: ## the test suite: unit, DAG, model and integration tiers (real PostgreSQL, Airflow, bentoml serve)
+	$(UV) run --frozen pytest
+
+lint: ## ruff check and format check
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+
+typecheck: ## mypy (strict on training/ and bentos/)
+	$(UV) run --frozen mypy
+
+check: lint typecheck test ## everything CI checks
+
+stop: ## stop the embedded PostgreSQL
+	$(UV) run --frozen driftloop db stop
+
+clean: stop ## stop the embedded PostgreSQL and delete the data dir (.driftloop)
+	rm -rf .driftloop

@@ -1,0 +1,80 @@
+"""The ``driftloop`` command's failure modes: one clear line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _driftloop(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "training.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_unreachable_database_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    result = _driftloop(
+        "status",
+        DRIFTLOOP_HOME=str(tmp_path),
+        DRIFTLOOP_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("driftloop: error: database unreachable:")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere, so the check cannot fail")
+def test_unwritable_data_dir_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = _driftloop(
+        "db", "start", DRIFTLOOP_HOME=str(locked / "home"), DRIFTLOOP_DATABASE_URL=""
+    )
+    assert result.returncode == 1
+    assert "data dir" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_data_dir_that_is_a_file_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    blocker = tmp_path / "home"
+    blocker.write_text("not a folder")
+    result = _driftloop(
+        "db", "start", DRIFTLOOP_HOME=str(blocker / "sub"), DRIFTLOOP_DATABASE_URL=""
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"driftloop: error: data dir {blocker / 'sub'} cannot be created"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_spec_is_named(tmp_path: Path, store_url: str) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: churn\nfeatures: []\n")
+    result = _driftloop(
+        "status",
+        DRIFTLOOP_HOME=str(tmp_path),
+        DRIFTLOOP_DATABASE_URL=store_url,
+        DRIFTLOOP_MODEL_SPEC=str(spec),
+    )
+    assert result.returncode == 1
+    assert f"model spec {spec}:" in result.stderr
+    assert "features" in result.stderr
+
+
+def test_serve_without_a_champion_says_what_to_do(tmp_path: Path, store_url: str) -> None:
+    result = _driftloop("serve", DRIFTLOOP_HOME=str(tmp_path), DRIFTLOOP_DATABASE_URL=store_url)
+    assert result.returncode == 1
+    assert "no champion of churn with a Bento yet; run `driftloop demo` first" in result.stderr
