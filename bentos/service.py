@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import bentoml
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from starlette.responses import JSONResponse
 
 from training.spec import BUILTIN_SPEC, load_spec
 
@@ -24,7 +25,22 @@ SPEC = load_spec(
     if os.environ.get("DRIFTLOOP_MODEL_SPEC")
     else BUILTIN_SPEC
 )
-Request = SPEC.request_model
+
+
+def _refuse_nul(cls: type[BaseModel], value: Any) -> Any:
+    # PostgreSQL cannot store U+0000 in text or jsonb: refuse it here, as a 400 naming the field,
+    # rather than fail the insert with a 500.
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain the NUL character (\\u0000)")
+    return value
+
+
+# The spec's request schema (same name, fields and JSON schema), refusing what the store cannot hold.
+Request = create_model(
+    SPEC.request_model.__name__,
+    __base__=SPEC.request_model,
+    __validators__={"refuse_nul": field_validator("*")(_refuse_nul)},
+)
 
 
 class BuildArgs(BaseModel):
@@ -40,6 +56,19 @@ class Prediction(BaseModel):
     label: int = Field(description="score at or above the model's threshold")
     model_name: str
     model_version: str
+
+
+class FeedbackRequest(BaseModel):
+    """The ground truth for one prediction; unknown fields are refused like the prediction's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(
+        min_length=1, max_length=128, description="the request_id of the prediction"
+    )
+    label: int = Field(ge=0, le=1, strict=True, description="the observed outcome: 0 or 1")
+
+    refuse_nul = field_validator("request_id")(_refuse_nul)
 
 
 class FeedbackReceipt(BaseModel):
@@ -76,6 +105,11 @@ class ChurnService:
         url = ensure_database(get_settings())
         self.pool = ThreadedConnectionPool(1, 4, url, application_name="driftloop-service")
 
+    @bentoml.on_shutdown
+    def close_store(self) -> None:
+        """Close the store's connections when the server stops."""
+        self.pool.closeall()
+
     def _write(self, action: Any) -> Any:
         conn = self.pool.getconn()
         try:
@@ -110,18 +144,18 @@ class ChurnService:
         self._write(lambda conn: record_predictions(conn, [record]))
         return prediction
 
-    @bentoml.api(route="/feedback")
-    def feedback(
-        self,
-        request_id: Annotated[str, Field(min_length=1, max_length=128)],
-        label: Annotated[int, Field(ge=0, le=1, strict=True)],
-    ) -> FeedbackReceipt:
-        """Record the ground truth for an earlier prediction (the latest different label wins)."""
+    @bentoml.api(route="/feedback", input_spec=FeedbackRequest, output_spec=FeedbackReceipt)
+    def feedback(self, request_id: str, label: int) -> FeedbackReceipt | JSONResponse:
+        """Record the ground truth for an earlier prediction (the latest different label wins).
+
+        An unknown ``request_id`` answers 404 with ``{"error": ...}``. The response is built here
+        because BentoML 1.4 renders the body of a raised 4xx exception as a one-element list.
+        """
         from training.errors import NotFoundError
         from training.store import record_feedback
 
         try:
             outcome = self._write(lambda conn: record_feedback(conn, request_id, label))
         except NotFoundError as exc:
-            raise bentoml.exceptions.NotFound(str(exc)) from exc
+            return JSONResponse({"error": str(exc), "request_id": request_id}, status_code=404)
         return FeedbackReceipt(request_id=request_id, label=label, status=outcome.status)
