@@ -14,10 +14,12 @@ from typing import Any, Literal
 
 import bentoml
 import pandas as pd
+import psycopg2
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from starlette.responses import JSONResponse
 
-from training.spec import BUILTIN_SPEC, load_spec
+from training.spec import BUILTIN_SPEC, ModelSpec, load_spec
 
 # The request schema must exist when the class is defined; reading one YAML file is all it costs.
 SPEC = load_spec(
@@ -94,16 +96,25 @@ class ChurnService:
         from psycopg2.pool import ThreadedConnectionPool
 
         from training.postgres import ensure_database
-        from training.registry import MODEL_FILE
+        from training.registry import MODEL_FILE, SPEC_FILE
         from training.settings import get_settings
 
         self.pipeline = joblib.load(self.model_ref.path_of(MODEL_FILE))
         self.model_name = self.model_ref.tag.name
         self.model_version = str(self.model_ref.tag.version)
-        self.threshold = SPEC.model.threshold
+        # Score with the spec the model was trained with (its threshold, its feature types); the
+        # request schema above must describe the same features, or serving would skew.
+        with open(self.model_ref.path_of(SPEC_FILE)) as source:
+            self.spec = ModelSpec.model_validate(yaml.safe_load(source))
+        if self.spec.feature_names != SPEC.feature_names:
+            raise RuntimeError(
+                f"model {self.model_ref.tag} was trained on features {self.spec.feature_names}, "
+                f"but the service's request schema has {SPEC.feature_names}"
+            )
         # Start-up fails loudly if the store is unreachable: serving without logging would lose data.
         url = ensure_database(get_settings())
-        self.pool = ThreadedConnectionPool(1, 4, url, application_name="driftloop-service")
+        # Connections open lazily; the cap only has to exceed the worker's concurrent requests.
+        self.pool = ThreadedConnectionPool(1, 16, url, application_name="driftloop-service")
 
     @bentoml.on_shutdown
     def close_store(self) -> None:
@@ -116,20 +127,36 @@ class ChurnService:
             with conn:
                 return action(conn)
         finally:
-            self.pool.putconn(conn)
+            # A connection broken by an outage is dropped, so the next request opens a fresh one.
+            self.pool.putconn(conn, close=bool(conn.closed))
 
-    @bentoml.api(route="/predict", input_spec=Request)
-    def predict(self, **features: Any) -> Prediction:
-        """Score one subscriber; the response's ``request_id`` identifies it for feedback."""
+    @staticmethod
+    def _store_down(exc: psycopg2.Error) -> JSONResponse:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return JSONResponse(
+            {
+                "error": f"the feedback store is unavailable ({first_line}); nothing was recorded, retry later"
+            },
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    @bentoml.api(route="/predict", input_spec=Request, output_spec=Prediction)
+    def predict(self, **features: Any) -> Prediction | JSONResponse:
+        """Score one subscriber; the response's ``request_id`` identifies it for feedback.
+
+        When the prediction cannot be recorded the answer is 503: a prediction that is not logged
+        could never be matched with its ground truth.
+        """
         from training.evaluate import score
         from training.store import PredictionRecord, record_predictions
 
         frame = pd.DataFrame([features])
-        probability = float(score(self.pipeline, SPEC, frame)[0])
+        probability = float(score(self.pipeline, self.spec, frame)[0])
         prediction = Prediction(
             request_id=uuid.uuid4().hex,
             score=probability,
-            label=int(probability >= self.threshold),
+            label=int(probability >= self.spec.model.threshold),
             model_name=self.model_name,
             model_version=self.model_version,
         )
@@ -141,7 +168,10 @@ class ChurnService:
             score=prediction.score,
             label=prediction.label,
         )
-        self._write(lambda conn: record_predictions(conn, [record]))
+        try:
+            self._write(lambda conn: record_predictions(conn, [record]))
+        except psycopg2.Error as exc:
+            return self._store_down(exc)
         return prediction
 
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest, output_spec=FeedbackReceipt)
@@ -158,4 +188,6 @@ class ChurnService:
             outcome = self._write(lambda conn: record_feedback(conn, request_id, label))
         except NotFoundError as exc:
             return JSONResponse({"error": str(exc), "request_id": request_id}, status_code=404)
+        except psycopg2.Error as exc:
+            return self._store_down(exc)
         return FeedbackReceipt(request_id=request_id, label=label, status=outcome.status)

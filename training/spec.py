@@ -127,7 +127,8 @@ class ModelSpec(_Frozen):
             annotation: Any
             if feature.type == "numeric":
                 annotation = float
-                constraints: dict[str, Any] = {"allow_inf_nan": False}
+                # Strict: a JSON number only, not `true` or "60" quietly turned into one.
+                constraints: dict[str, Any] = {"allow_inf_nan": False, "strict": True}
                 if feature.min is not None and math.isfinite(feature.min):
                     constraints["ge"] = feature.min
                 if feature.max is not None and math.isfinite(feature.max):

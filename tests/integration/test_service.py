@@ -308,6 +308,8 @@ def test_feedback_for_an_unknown_request_is_a_404_object_and_nothing_is_stored(
         pytest.param(_raw({"bogus": "1"}), "bogus", id="extra-field"),
         pytest.param(_raw({"tenure_months": '"abc"'}), "tenure_months", id="string-for-number"),
         pytest.param(_raw({"contract": "5"}), "contract", id="number-for-category"),
+        pytest.param(_raw({"age": "true"}), "age", id="boolean-for-number"),
+        pytest.param(_raw({"age": '"60"'}), "age", id="numeric-string-for-number"),
         pytest.param(_raw({"monthly_charges": "NaN"}), "monthly_charges", id="nan"),
         pytest.param(_raw({"usage_hours": "Infinity"}), "usage_hours", id="infinity"),
         pytest.param(_raw({"usage_hours": "-Infinity"}), "usage_hours", id="minus-infinity"),

@@ -119,3 +119,28 @@ def test_validation_errors_are_400_objects_naming_the_field(
     assert response.status_code == 400, response.text
     locations = [err["loc"] for err in response.json()["detail"]]
     assert [field] in locations, response.text
+
+
+def test_store_outage_answers_503_and_the_service_recovers(service: InProcess) -> None:
+    """A store outage mid-flight (the service's connections killed server-side) answers 503 with a
+    retry hint and stores nothing; once the store answers again, the next request succeeds on a
+    fresh connection."""
+    url = service.champion.database_url
+    assert service.client.post("/predict", json=EXAMPLE).status_code == 200
+    before = count(url, "predictions")
+    killed = query(
+        url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name = 'driftloop-service'",
+    )
+    assert killed, "the service should hold a pooled connection"
+
+    down = service.client.post("/predict", json=EXAMPLE)
+
+    assert down.status_code == 503, down.text
+    assert down.headers["retry-after"] == "5"
+    assert "feedback store is unavailable" in down.json()["error"]
+    assert count(url, "predictions") == before
+    recovered = service.client.post("/predict", json=EXAMPLE)
+    assert recovered.status_code == 200, recovered.text
+    assert count(url, "predictions") == before + 1

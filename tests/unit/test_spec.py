@@ -30,7 +30,9 @@ def test_example_request_is_valid() -> None:
     [
         ({"age": math.nan}, "age", "finite_number"),
         ({"age": math.inf}, "age", "finite_number"),
-        ({"age": "old"}, "age", "float_parsing"),
+        ({"age": "old"}, "age", "float_type"),
+        ({"age": "60"}, "age", "float_type"),
+        ({"age": True}, "age", "float_type"),
         ({"age": 200}, "age", "less_than_equal"),
         ({"tenure_months": -1}, "tenure_months", "greater_than_equal"),
         ({"contract": ""}, "contract", "string_too_short"),
