@@ -5,7 +5,7 @@ SHELL := /bin/bash
 # uv from PATH, else the one `make setup` installs into this Python from PyPI.
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 # Use the system's CA store, so installs also work behind a TLS-intercepting proxy.
-export UV_NATIVE_TLS ?= 1
+export UV_SYSTEM_CERTS ?= 1
 export BENTOML_DO_NOT_TRACK ?= true
 PORT ?= 3000
 AIRFLOW_PORT ?= 8080
@@ -16,7 +16,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 setup: ## install uv (from PyPI) if missing, then the locked environment in .venv
-	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.5"
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.13"
 	$(UV) sync --frozen
 
 demo: ## the whole loop on embedded defaults, with a summary (starts over each time)
