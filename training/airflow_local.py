@@ -5,6 +5,7 @@ Airflow runs in subprocesses with an environment built here, so this module neve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from urllib.error import URLError
 from urllib.request import urlopen
 
@@ -31,6 +33,7 @@ __all__ = [
     "dag_test",
     "dags_test",
     "migrate",
+    "passwords_file",
     "run_ui",
 ]
 
@@ -48,11 +51,17 @@ def _read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
+# Airflow signs its JWTs with HS512, for which PyJWT wants a key of at least 64 bytes.
+_JWT_SECRET_BYTES = 64
+
+
 def _jwt_secret(home: Path) -> str:
     # api-server, scheduler and task workers must sign and check task tokens with one secret.
     path = home / "jwt_secret"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(32))
+    if not path.exists() or len(path.read_text().strip()) < _JWT_SECRET_BYTES:
+        # A short secret from an older launcher is replaced: tokens are short-lived and every
+        # component gets the new one on its next start.
+        path.write_text(secrets.token_urlsafe(_JWT_SECRET_BYTES))
         path.chmod(0o600)
     return path.read_text().strip()
 
@@ -202,38 +211,102 @@ def _wait_for(url: str, timeout: float, alive: Callable[[], bool]) -> bool:
     return False
 
 
-def run_ui(
-    setup: AirflowSetup, *, echo: Callable[[str], None] = print, stop_after: float | None = None
-) -> int:
-    """Start api-server, scheduler and dag-processor; print where to log in; stop all on Ctrl-C.
+def _echo(message: str) -> None:
+    # Flushed: under a pipe (tee, a test, a supervisor) the login line must show up at once.
+    print(message, flush=True)
 
-    Returns the exit code: 0 after a clean stop, 1 when a component died.
+
+def passwords_file(setup: AirflowSetup) -> Path:
+    """Where the simple auth manager keeps the users' generated passwords (JSON, user -> password).
+
+    Airflow's default is ``$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated``; an
+    ``AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE`` in the environment moves it.
+    """
+    configured = setup.env.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
+    return (
+        Path(configured)
+        if configured
+        else setup.home / "simple_auth_manager_passwords.json.generated"
+    )
+
+
+def _login_user(setup: AirflowSetup) -> str:
+    # The first of the simple auth manager's "user:role" pairs (airflow/local.env: admin:admin).
+    users = setup.env.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS") or "admin:admin"
+    return users.split(",")[0].split(":")[0].strip()
+
+
+class _Stop(Exception):
+    """SIGTERM arrived: leave the wait loop and stop the components."""
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
+def _stop_all(processes: dict[str, subprocess.Popen[bytes]], grace: float = 30) -> None:
+    # Each component leads a session of its own (so a terminal's Ctrl-C reaches only the launcher),
+    # hence the launcher signals each group: that reaches the LocalExecutor's workers and the
+    # api-server's uvicorn workers too.
+    for process in processes.values():
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in processes.values():
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def run_ui(
+    setup: AirflowSetup, *, echo: Callable[[str], None] = _echo, stop_after: float | None = None
+) -> int:
+    """Start api-server, scheduler and dag-processor; print where to log in; stop all on Ctrl-C
+    or SIGTERM.
+
+    Returns the exit code: 0 after a clean stop, 1 when a component died or never came up.
     """
     migrate(setup)
     logs = setup.home / "logs"
     logs.mkdir(exist_ok=True)
     processes: dict[str, subprocess.Popen[bytes]] = {}
-    for component in ("api-server", "scheduler", "dag-processor"):
-        out = (logs / f"{component}.log").open("ab")
-        processes[component] = subprocess.Popen(
-            [sys.executable, "-m", "airflow", component],
-            env=setup.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    echo(f"starting Airflow (logs in {logs}) ...")
+    # SIGTERM (a supervisor, `kill`, a test) must stop the components like Ctrl-C does; Python's
+    # default would end the launcher at once and orphan them in their own sessions.
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+
+    def start(component: str, *args: str) -> None:
+        with (logs / f"{component}.log").open("ab") as out:
+            processes[component] = subprocess.Popen(
+                [sys.executable, "-m", "airflow", component, *args],
+                env=setup.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def all_alive() -> bool:
         return all(p.poll() is None for p in processes.values())
 
     try:
-        if not _wait_for(f"{setup.url}/api/v2/monitor/health", 180, all_alive):
+        start("api-server")
+        start("dag-processor")
+        echo(f"starting Airflow (logs in {logs}) ...")
+        if not _wait_for(f"{setup.url}/api/v2/monitor/health", 300, all_alive):
             dead = [name for name, p in processes.items() if p.poll() is not None]
             echo(f"Airflow did not come up (stopped: {', '.join(dead) or 'none'}); see {logs}")
             return 1
+        # The scheduler starts once the API answers: its task workers report to the execution API
+        # from their first second, and with the daily schedule live a run is due right away.
+        # --skip-serve-logs: the workers write their logs to this machine's disk, where the
+        # api-server reads them; Airflow's log server would listen on all interfaces at a fixed
+        # port (8793), which is neither local-only nor safe to run twice on one machine.
+        start("scheduler", "--skip-serve-logs")
         echo(
-            f"Airflow UI: {setup.url}  (user admin, password in {setup.home / 'simple_auth_manager_passwords.json.generated'})"
+            f"Airflow UI: {setup.url}  (user {_login_user(setup)}, password in {passwords_file(setup)})"
         )
         echo(
             f"DAG {DAG_ID}: scheduled daily; trigger it with params from the UI. Ctrl-C stops Airflow."
@@ -246,14 +319,15 @@ def run_ui(
         dead = [name for name, p in processes.items() if p.poll() is not None]
         echo(f"Airflow component(s) stopped: {', '.join(dead)}; see {logs}")
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stop):
+        echo("stopping Airflow ...")
         return 0
     finally:
-        for process in processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in processes.values():
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        # A second Ctrl-C or SIGTERM must not cut the shutdown short and orphan a component.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            _stop_all(processes)
+        finally:
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous)
