@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -250,8 +251,20 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         raise DriftloopError(f"no champion of {name} with a Bento yet; run `driftloop demo` first")
     command = ["bentoml", "serve", current.bento_tag, "--port", str(args.port), "--host", args.host]
     print(f"serving champion v{current.version} ({current.tag}): {' '.join(command)}", flush=True)
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO deployments (model_name, model_tag, bento_tag, target, status, detail)"
+            " VALUES (%s, %s, %s, 'local', 'serving', %s)",
+            (
+                name,
+                current.tag,
+                current.bento_tag,
+                json.dumps({"host": args.host, "port": args.port}),
+            ),
+        )
     env = dict(os.environ, DRIFTLOOP_HOME=str(settings.home), DRIFTLOOP_DATABASE_URL=url)
-    os.execvpe(command[0], command, env)
+    # This interpreter's bentoml, so it works without the venv on PATH; replaces this process.
+    os.execve(sys.executable, [sys.executable, "-m", *command], env)
     return 0  # pragma: no cover
 
 

@@ -78,3 +78,55 @@ def test_serve_without_a_champion_says_what_to_do(tmp_path: Path, store_url: str
     result = _driftloop("serve", DRIFTLOOP_HOME=str(tmp_path), DRIFTLOOP_DATABASE_URL=store_url)
     assert result.returncode == 1
     assert "no champion of churn with a Bento yet; run `driftloop demo` first" in result.stderr
+
+
+def test_serve_runs_the_champions_bento_and_records_the_deployment(
+    tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`driftloop serve` (what `make serve` runs) finds the champion in the registry, serves its
+    Bento with `bentoml serve`, and records the deployment."""
+    import signal
+    import socket
+    import time
+
+    import bentoml
+
+    from training.retrain import bootstrap_champion
+    from training.settings import get_settings
+    from training.spec import load_spec
+    from training.store import connect
+    from training.synthetic import generate
+
+    monkeypatch.setenv("DRIFTLOOP_HOME", str(tmp_path))
+    monkeypatch.setenv("DRIFTLOOP_DATABASE_URL", store_url)
+    champion = bootstrap_champion(get_settings(), generate(2000, seed=1))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "training.cli", "serve", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        result = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with bentoml.SyncHTTPClient(f"http://127.0.0.1:{port}", timeout=30) as client:
+                    result = client.predict(**load_spec().example_request())
+                break
+            except Exception:  # not up yet
+                time.sleep(1)
+        assert result is not None, log.read_text()[-3000:]
+        assert result["model_version"] == champion["champion_tag"].split(":")[1]
+        assert f"serving champion v1 ({champion['champion_tag']})" in log.read_text()
+        with connect(store_url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT bento_tag, target, status FROM deployments")
+            assert cur.fetchall() == [(champion["bento_tag"], "local", "serving")]
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
