@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -109,16 +110,12 @@ def airflow_env(settings: Settings, *, port: int = 8080) -> AirflowSetup:
     return AirflowSetup(home=home, env=env, port=port)
 
 
-def _airflow(
-    setup: AirflowSetup, *args: str, log: Path | None = None
-) -> subprocess.CompletedProcess[str]:
+def _airflow(setup: AirflowSetup, *args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "airflow", *args]
-    if log is None:
-        return subprocess.run(command, env=setup.env, capture_output=True, text=True, check=False)
-    with log.open("w") as out:
-        return subprocess.run(
-            command, env=setup.env, stdout=out, stderr=subprocess.STDOUT, text=True, check=False
-        )
+    return subprocess.run(command, env=setup.env, capture_output=True, text=True, check=False)
+
+
+_TASK_EVENT = re.compile(r"\[DAG TEST\] (starting|end task) task_id=(\S+)")
 
 
 def migrate(setup: AirflowSetup) -> None:
@@ -133,16 +130,36 @@ def migrate(setup: AirflowSetup) -> None:
         raise DriftloopError(f"airflow db migrate failed: {' '.join(tail)}")
 
 
-def dags_test(setup: AirflowSetup, conf: dict[str, object], log: Path) -> None:
+def dags_test(
+    setup: AirflowSetup,
+    conf: dict[str, object],
+    log: Path,
+    on_task: Callable[[str, str], None] | None = None,
+) -> None:
     """Run the retrain DAG once, for real, with ``airflow dags test`` (tasks run in this machine's
     processes against the metadata DB); the full log goes to ``log``.
+
+    Args:
+        on_task: called with (task id, "started" | "ended") as the run goes, for progress output.
 
     Raises:
         DriftloopError: the run failed (see the log).
     """
-    result = _airflow(setup, "dags", "test", DAG_ID, "--conf", json.dumps(conf), log=log)
+    command = [sys.executable, "-m", "airflow", "dags", "test", DAG_ID, "--conf", json.dumps(conf)]
+    with (
+        log.open("w") as out,
+        subprocess.Popen(
+            command, env=setup.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as process,
+    ):
+        assert process.stdout is not None
+        for line in process.stdout:
+            out.write(line)
+            event = _TASK_EVENT.search(line)
+            if event and on_task is not None:
+                on_task(event.group(2), "started" if event.group(1) == "starting" else "ended")
     failed = "failed" in _final_state(log)
-    if result.returncode != 0 or failed:
+    if process.returncode != 0 or failed:
         raise DriftloopError(f"the {DAG_ID} run failed; its log is {log}")
 
 

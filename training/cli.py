@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,6 +26,14 @@ class Progress:
 
     def __call__(self, message: str) -> None:
         print(f"[{time.monotonic() - self.started:6.1f}s] {message}", flush=True)
+
+
+def _task_progress(step: Progress) -> Callable[[str, str], None]:
+    def report(task_id: str, event: str) -> None:
+        if event == "ended":
+            step(f"  task {task_id} done")
+
+    return report
 
 
 def _store(settings: Settings) -> str:
@@ -204,7 +212,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     step(f"Airflow metadata DB migrated ({setup.home})")
     log = setup.home / "demo-dags-test.log"
     step(f"running the retrain DAG with `airflow dags test` (log: {log}) ...")
-    dags_test(setup, {"window_days": args.window_days, "force": False}, log)
+    dags_test(setup, {"window_days": args.window_days, "force": False}, log, _task_progress(step))
     step("retrain DAG run succeeded")
 
     _print_summary(_summary(settings, url, spec.name))
@@ -225,7 +233,9 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     migrate(setup)
     log = setup.home / f"retrain-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
     step(f"running the retrain DAG (log: {log}) ...")
-    dags_test(setup, {"window_days": args.window_days, "force": args.force}, log)
+    dags_test(
+        setup, {"window_days": args.window_days, "force": args.force}, log, _task_progress(step)
+    )
     step("retrain DAG run succeeded")
     _print_summary(_summary(settings, url, load_spec(settings.model_spec).name))
     return 0
