@@ -10,7 +10,7 @@ export BENTOML_DO_NOT_TRACK ?= true
 PORT ?= 3000
 AIRFLOW_PORT ?= 8080
 
-.PHONY: help setup demo serve airflow retrain status test lint typecheck check stop clean
+.PHONY: help setup demo serve airflow retrain status image image-tools test lint typecheck check stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,17 @@ retrain: ## run the retrain DAG once now (airflow dags test)
 
 status: ## the champion and the last retrain run
 	$(UV) run --frozen driftloop status
+
+image: ## build the champion's OCI image with bentoml containerize, run it and check it (IMAGE_ARGS=...)
+	$(UV) run --frozen driftloop image --check $(IMAGE_ARGS)
+
+image-tools: ## install buildah, podman, runc and debootstrap (Debian/Ubuntu, as root) for daemonless builds
+	@missing=""; for tool in buildah podman runc debootstrap; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q --no-install-recommends buildah podman runc debootstrap; \
+	else echo "buildah, podman, runc and debootstrap are installed"; fi
 
 test: ## the test suite: unit, DAG, model and integration tiers (real PostgreSQL, Airflow, bentoml serve)
 	$(UV) run --frozen pytest

@@ -8,7 +8,8 @@ Every day (or when triggered with params), for the model named by the spec:
    distribution, and the champion's ROC AUC on recent labels; decide *retrain* or *skip*, with the reason;
 3. **train_challenger** (LightGBM) on the older part of the window; **validate** it against the
    champion on the newest part (same holdout for both); a failed gate marks it *rejected*;
-4. **build_bento** of a challenger that passed, then **promote** it to champion.
+4. **build_bento** of a challenger that passed, **containerize** it (an OCI image, when
+   `DRIFTLOOP_CONTAINERIZE` is on; skipped otherwise), then **promote** it to champion.
 
 Every step records what it did in PostgreSQL (`drift_runs`, `training_runs`, `model_versions`).
 Params: `force` retrains whatever the drift check says (still gated); `window_days` sets the window.
@@ -103,6 +104,12 @@ def driftloop_retrain() -> None:
         return step(_settings(), validation)
 
     @task
+    def containerize(built: dict[str, Any]) -> dict[str, Any]:
+        from training.retrain import containerize_bento as step
+
+        return step(_settings(), built)
+
+    @task
     def promote(built: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
         from training.retrain import promote as step
 
@@ -116,7 +123,7 @@ def driftloop_retrain() -> None:
     validation = validate(trained)
     built = build_bento(validation)
     passed_gates(validation) >> built
-    promote(built)
+    promote(containerize(built))
 
 
 dag = driftloop_retrain()

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from training.errors import DriftloopError
@@ -278,6 +279,67 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0  # pragma: no cover
 
 
+def _champion_bento(settings: Settings, url: str) -> tuple[str, str]:
+    from training import registry
+    from training.spec import load_spec
+    from training.store import connect
+
+    name = load_spec(settings.model_spec).name
+    with connect(url) as conn:
+        current = registry.champion(conn, name)
+    if current is None or current.bento_tag is None:
+        raise DriftloopError(f"no champion of {name} with a Bento yet; run `driftloop demo` first")
+    return current.tag, current.bento_tag
+
+
+def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
+    from training import container
+    from training.spec import load_spec
+
+    step = Progress()
+    url = _store(settings)
+    model_tag, bento_tag = _champion_bento(settings, url)
+    if args.bento:
+        bento_tag = args.bento
+        model_tag = f"{load_spec(settings.model_spec).name}:{bento_tag.partition(':')[2]}"
+    backend = args.backend or settings.image_backend
+    built = container.containerize(
+        settings,
+        bento_tag,
+        backend=backend,
+        base_image=args.base_image,
+        extra_ca=args.extra_ca,
+        repository=args.repository or settings.image_repository,
+        progress=step,
+    )
+    size = f"{built.size_bytes / 1e6:.0f} MB" if built.size_bytes else "size unknown"
+    step(
+        f"image {built.image} built with {built.backend} on {built.base_image} in "
+        f"{built.seconds:.0f}s ({size})"
+    )
+    container.record_image(url, model_tag, built)
+    if args.check:
+        request = load_spec(settings.model_spec).example_request()
+        smoke = container.smoke_test(
+            settings, built.image, url, request, backend=backend, progress=step
+        )
+        step(
+            f"checked: /readyz after {smoke.ready_seconds:.0f}s, a prediction from model version "
+            f"{smoke.model_version}, serving as uid {smoke.uid}"
+        )
+        expected = bento_tag.partition(":")[2]
+        if smoke.model_version != expected:
+            raise DriftloopError(
+                f"{built.image} served model version {smoke.model_version}, expected {expected}"
+            )
+    if args.push:
+        step(f"pushing {built.image} ...")
+        container.push(settings, built.image, backend)
+        step(f"pushed {built.image}")
+    print(built.image)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from training.spec import load_spec
 
@@ -322,6 +384,39 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=3000)
     serve.add_argument("--host", default="127.0.0.1")
     serve.set_defaults(func=cmd_serve)
+
+    image = sub.add_parser(
+        "image",
+        help="bentoml containerize the champion's Bento into an OCI image",
+        description="Build the OCI image of the champion's Bento (or --bento) with `bentoml "
+        "containerize`, tagged <repository>:<Bento version>. Defaults come from DRIFTLOOP_IMAGE_*.",
+    )
+    image.add_argument("--bento", help="a Bento tag instead of the champion's")
+    image.add_argument(
+        "--backend",
+        choices=["docker", "buildx", "buildah", "podman"],
+        help="docker/buildx need a Docker daemon; buildah needs none (default: "
+        "DRIFTLOOP_IMAGE_BACKEND, else docker)",
+    )
+    image.add_argument(
+        "--base-image",
+        help="'local' (Debian bookworm + Python 3.11 + uv made here with debootstrap, cached) or an "
+        "image with Python 3.11 and uv (default: DRIFTLOOP_IMAGE_BASE, else python:3.11-slim)",
+    )
+    image.add_argument(
+        "--extra-ca",
+        type=Path,
+        action="append",
+        help="PEM file or folder of .crt files the build trusts (proxies); never put in the image",
+    )
+    image.add_argument("--repository", help="image name, e.g. ghcr.io/acme/churn_service")
+    image.add_argument(
+        "--check",
+        action="store_true",
+        help="run the image (podman or docker) against the store: /readyz, one prediction, non-root",
+    )
+    image.add_argument("--push", action="store_true", help="push the image after it is built")
+    image.set_defaults(func=cmd_image)
 
     status = sub.add_parser("status", help="the champion and the last retrain run")
     status.set_defaults(func=cmd_status)

@@ -417,6 +417,18 @@ def build_challenger_bento(settings: Settings, validation: dict[str, Any]) -> di
     return {"challenger_tag": tag, "bento_tag": bento_tag}
 
 
+def containerize_bento(settings: Settings, built: dict[str, Any]) -> dict[str, Any]:
+    """Build the OCI image of the new Bento (``bentoml containerize``) when ``DRIFTLOOP_CONTAINERIZE``
+    is on, so a champion is only promoted once its image exists; otherwise pass through."""
+    if not settings.containerize:
+        return {**built, "image": None, "image_skipped": "DRIFTLOOP_CONTAINERIZE is off"}
+    from training.container import containerize, record_image
+
+    image = containerize(settings, built["bento_tag"], repository=settings.image_repository)
+    record_image(ensure_database(settings), built["challenger_tag"], image)
+    return {**built, "image": image.image, "image_size_bytes": image.size_bytes}
+
+
 @dataclass(frozen=True)
 class Promotion:
     champion_tag: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,7 +22,14 @@ class Settings(BaseSettings):
         artifacts_uri: where datasets, reports and training data go: a folder or ``s3://bucket/prefix``.
         s3_endpoint_url: endpoint override for S3-compatible stores (MinIO, moto, ...).
         model_spec: path of a model spec YAML; the built-in churn spec when unset.
-        containerize: whether the retrain DAG builds an OCI image after the Bento.
+        containerize: whether the retrain DAG builds an OCI image of the new Bento before promoting
+            it (off by default: local runs rarely have a container engine).
+        image_backend: ``bentoml containerize`` backend: docker, buildx, buildah or podman.
+        image_base: base image of the built image: None for the Bento's own (BentoML's official
+            ``python:3.11-slim``), ``local`` for one made here with debootstrap, or an image ref.
+        image_extra_ca: a PEM file, or a folder of ``.crt``/``.pem`` files, that the build's steps
+            trust (TLS-intercepting proxies); mounted during the build only, never in the image.
+        image_repository: image name, e.g. ``ghcr.io/acme/churn_service``; the Bento's name if unset.
     """
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", extra="ignore")
@@ -33,6 +41,10 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     model_spec: Path | None = None
     containerize: bool = False
+    image_backend: Literal["docker", "buildx", "buildah", "podman"] = "docker"
+    image_base: str | None = None
+    image_extra_ca: Path | None = None
+    image_repository: str | None = None
 
     @field_validator("home")
     @classmethod

@@ -54,6 +54,7 @@ def test_dag_imports_without_errors_and_wires_the_loop(tmp_path: Path) -> None:
     assert parsed["tasks"] == [
         "build_bento",
         "check_drift",
+        "containerize",
         "decide",
         "extract",
         "passed_gates",
