@@ -232,6 +232,32 @@ def test_a_build_that_fails_half_way_leaves_no_tagged_image(
     assert not [i for i in _images(built.champion.home) if "driftloop-test-halfway" in i]
 
 
+def test_the_dags_containerize_step_builds_the_image_when_enabled(built: Built) -> None:
+    """The retrain DAG's containerize task calls this function; here with the image settings on."""
+    from training.retrain import containerize_bento
+    from training.settings import get_settings
+
+    champion = built.champion
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DRIFTLOOP_CONTAINERIZE", "true")
+        mp.setenv("DRIFTLOOP_IMAGE_BACKEND", "buildah")
+        mp.setenv("DRIFTLOOP_IMAGE_BASE", "local")
+        mp.setenv("DRIFTLOOP_IMAGE_REPOSITORY", "localhost/driftloop-test-dag")
+        for path in _extra_ca():
+            mp.setenv("DRIFTLOOP_IMAGE_EXTRA_CA", str(path))
+        step = {"challenger_tag": champion.model_tag, "bento_tag": champion.bento_tag}
+        result = containerize_bento(get_settings(), step)
+        mp.setenv("DRIFTLOOP_CONTAINERIZE", "false")
+        skipped = containerize_bento(get_settings(), step)
+
+    image = f"localhost/driftloop-test-dag:{champion.version}"
+    assert result["image"] == image
+    assert image in _images(champion.home)
+    assert skipped["image"] is None
+    assert skipped["image_skipped"] == "DRIFTLOOP_CONTAINERIZE is off"
+    subprocess.run(["buildah", "rmi", image], env=_engine(champion.home), check=False)
+
+
 def test_an_unknown_bento_is_named(built: Built) -> None:
     from training.container import containerize
     from training.settings import get_settings

@@ -71,6 +71,9 @@ def test_drift_trains_validates_and_promotes_a_new_bento(airflow: Path) -> None:
 
     assert result.tasks["promote"] == "success"
     assert result.tasks["record_skip"] == "skipped"
+    # DRIFTLOOP_CONTAINERIZE is off by default: the step passes through without an image.
+    assert result.tasks["containerize"] == "success"
+    assert _query("SELECT count(*) FROM deployments WHERE target = 'image'") == [(0,)]
     [(decision, reason, share)] = _query("SELECT decision, reason, drift_share FROM drift_runs")
     assert decision == "retrain"
     assert "feature drift" in reason
@@ -129,6 +132,7 @@ def test_failed_gates_reject_the_challenger_and_keep_the_champion(
 
     assert result.tasks["validate"] == "success"
     assert result.tasks["build_bento"] == "skipped"
+    assert result.tasks["containerize"] == "skipped"
     assert result.tasks["promote"] == "skipped"
     [(status, reason)] = _query(
         "SELECT status, reason FROM training_runs WHERE run_key = %s", result.run_id
