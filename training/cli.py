@@ -250,26 +250,22 @@ def cmd_airflow(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from training import registry
     from training.spec import load_spec
     from training.store import connect
 
     url = _store(settings)
     name = load_spec(settings.model_spec).name
-    with connect(url) as conn:
-        current = registry.champion(conn, name)
-    if current is None or current.bento_tag is None:
-        raise DriftloopError(f"no champion of {name} with a Bento yet; run `driftloop demo` first")
-    command = ["bentoml", "serve", current.bento_tag, "--port", str(args.port), "--host", args.host]
-    print(f"serving champion v{current.version} ({current.tag}): {' '.join(command)}", flush=True)
+    model_tag, bento_tag, version = _champion_bento(settings, url)
+    command = ["bentoml", "serve", bento_tag, "--port", str(args.port), "--host", args.host]
+    print(f"serving champion v{version} ({model_tag}): {' '.join(command)}", flush=True)
     with connect(url) as conn, conn.cursor() as cur:
         cur.execute(
             "INSERT INTO deployments (model_name, model_tag, bento_tag, target, status, detail)"
             " VALUES (%s, %s, %s, 'local', 'serving', %s)",
             (
                 name,
-                current.tag,
-                current.bento_tag,
+                model_tag,
+                bento_tag,
                 json.dumps({"host": args.host, "port": args.port}),
             ),
         )
@@ -279,7 +275,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0  # pragma: no cover
 
 
-def _champion_bento(settings: Settings, url: str) -> tuple[str, str]:
+def _champion_bento(settings: Settings, url: str) -> tuple[str, str, int]:
     from training import registry
     from training.spec import load_spec
     from training.store import connect
@@ -289,7 +285,7 @@ def _champion_bento(settings: Settings, url: str) -> tuple[str, str]:
         current = registry.champion(conn, name)
     if current is None or current.bento_tag is None:
         raise DriftloopError(f"no champion of {name} with a Bento yet; run `driftloop demo` first")
-    return current.tag, current.bento_tag
+    return current.tag, current.bento_tag, current.version
 
 
 def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
@@ -298,10 +294,12 @@ def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
 
     step = Progress()
     url = _store(settings)
-    model_tag, bento_tag = _champion_bento(settings, url)
     if args.bento:
+        # A Bento's version is its model's version (driftloop builds them that way).
         bento_tag = args.bento
         model_tag = f"{load_spec(settings.model_spec).name}:{bento_tag.partition(':')[2]}"
+    else:
+        model_tag, bento_tag, _ = _champion_bento(settings, url)
     backend = args.backend or settings.image_backend
     built = container.containerize(
         settings,

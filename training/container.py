@@ -639,7 +639,10 @@ def containerize(
     if process.returncode != 0 or not _image_exists(backend, temporary, env):
         _remove_image(backend, temporary, env)
         tail = " | ".join(line.strip() for line in output[-4:] if line.strip())
-        raise DriftloopError(f"building the image of {full_tag} failed (log: {log}): {tail}")
+        hint = ""
+        if "initializing source" in tail or "pinging container registry" in tail:
+            hint = f" (the base image could not be pulled; without a registry use --base-image {LOCAL_BASE})"
+        raise DriftloopError(f"building the image of {full_tag} failed (log: {log}): {tail}{hint}")
     _tag_image(backend, temporary, final, env)
     _remove_image(backend, temporary, env)
     seconds = time.monotonic() - started
