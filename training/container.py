@@ -754,6 +754,9 @@ def _reachable_url(database_url: str) -> Iterator[str]:
         yield f"postgresql://{user}@127.0.0.1:{port}{parts.path}"
 
 
+_CAUSE = re.compile(r"^[\w.]*(Error|Exception)\b.*: ")
+
+
 def smoke_test(
     settings: Settings,
     image: str,
@@ -803,8 +806,13 @@ def smoke_test(
             raise DriftloopError(f"`{runner} run {image}` failed: {_tail(run)}")
 
         def logs() -> str:
-            result = _run([runner, "logs", "--tail", "5", name], env, timeout=30)
-            return " | ".join((result.stdout + result.stderr).strip().splitlines()[-5:])
+            result = _run([runner, "logs", name], env, timeout=30)
+            lines = (result.stdout + result.stderr).strip().splitlines()
+            # The first exception names the cause (a missing library, an unreachable store);
+            # BentoML's supervisor then adds "No active process found for watcher", which does not.
+            causes = [line.strip() for line in lines if _CAUSE.match(line.strip())]
+            causes = [c for c in causes if "No active process found" not in c]
+            return causes[0] if causes else " | ".join(lines[-5:])
 
         try:
             base = f"http://127.0.0.1:{port}"

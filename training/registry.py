@@ -6,7 +6,10 @@ gates) or ``retired`` (a later champion replaced it). The champion is whatever t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -36,6 +39,29 @@ SPEC_FILE = "spec.yaml"
 Status = Literal["candidate", "champion", "retired", "rejected"]
 
 
+@contextlib.contextmanager
+def _plain_pickle() -> Iterator[None]:
+    """Pickle without dill's types. Importing dill (Airflow does, in every task process) adds them
+    to the pure-Python pickler's dispatch table, which joblib's pickler copied when it was imported;
+    a model dumped in a DAG task would then need dill to load, and the Bento's image has no dill."""
+    dill = sys.modules.get("dill")
+    if dill is None:
+        yield
+        return
+    import pickle
+
+    from joblib.numpy_pickle import NumpyPickler
+
+    saved = NumpyPickler.dispatch
+    dill.extend(False)
+    NumpyPickler.dispatch = pickle._Pickler.dispatch.copy()
+    try:
+        yield
+    finally:
+        NumpyPickler.dispatch = saved
+        dill.extend(True)
+
+
 def save_model(
     spec: ModelSpec,
     pipeline: Pipeline,
@@ -51,7 +77,8 @@ def save_model(
         labels={"family": spec.model.family, "owner": "driftloop"},
         metadata={"metrics": metrics, "train_data_uri": train_data_uri},
     ) as model:
-        joblib.dump(pipeline, model.path_of(MODEL_FILE))
+        with _plain_pickle():
+            joblib.dump(pipeline, model.path_of(MODEL_FILE))
         with open(model.path_of(SPEC_FILE), "w") as out:
             yaml.safe_dump(spec.model_dump(mode="json"), out, sort_keys=False)
     return str(model.tag)
