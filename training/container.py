@@ -443,12 +443,20 @@ def _bentoml_home() -> str:
 
 def _without_toolchain(commands: list[str]) -> list[str]:
     """BentoML's commands minus its default distro install (compilers, git: nothing a wheel-only
-    Bento needs), keeping the ``apt-get update`` that the bentofile's ``system_packages`` rely on."""
+    Bento needs). The bentofile's ``system_packages`` installs keep their ``apt-get update`` and
+    run in one step that also drops apt's lists and caches: ~200 MB, which a later step could not
+    take back out of the image's layers."""
     default = [c for c in commands if c.startswith("apt-get update &&") and "build-essential" in c]
     rest = [c for c in commands if c not in default]
-    if default and any(c.startswith("apt-get install") for c in rest):
-        return ["apt-get update", *rest]
-    return rest
+    installs = [c for c in rest if c.startswith("apt-get install")]
+    if not default or not installs:
+        return rest
+    merged = " && ".join(
+        ["apt-get update", *installs, "rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin"]
+    )
+    first = rest.index(installs[0])
+    others = [c for c in rest if c not in installs]
+    return [*others[:first], merged, *others[first:]]
 
 
 def _staged_home(

@@ -96,9 +96,13 @@ def test_engine_env_writes_driftloops_conf_unless_the_user_chose_one(
     assert engine_env(Settings(home=tmp_path))["CONTAINERS_CONF"] == "/etc/mine.conf"
 
 
-def test_the_toolchain_install_goes_but_system_packages_keep_their_apt_index() -> None:
+def test_the_toolchain_install_goes_and_system_packages_install_in_one_clean_step() -> None:
     libgomp = "apt-get install -q -y -o Dpkg::Options::=--force-confdef libgomp1"
-    assert _without_toolchain([DEFAULT_INSTALL, libgomp]) == ["apt-get update", libgomp]
+    assert _without_toolchain([DEFAULT_INSTALL, "echo a", libgomp, "echo b"]) == [
+        "echo a",
+        f"apt-get update && {libgomp} && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin",
+        "echo b",
+    ]
     assert _without_toolchain([DEFAULT_INSTALL]) == []
     assert _without_toolchain(["echo hi"]) == ["echo hi"]
 
