@@ -37,12 +37,12 @@ status: ## the champion and the last retrain run
 image: ## build the champion's OCI image with bentoml containerize, run it and check it (IMAGE_ARGS=...)
 	$(UV) run --frozen driftloop image --check $(IMAGE_ARGS)
 
-image-tools: ## install buildah, podman, runc and debootstrap (Debian/Ubuntu, as root) for daemonless builds
+image-tools: ## install buildah, podman, runc and debootstrap (Debian/Ubuntu, as root or with sudo) for daemonless builds
 	@missing=""; for tool in buildah podman runc debootstrap; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q --no-install-recommends buildah podman runc debootstrap; \
+	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q --no-install-recommends buildah podman runc debootstrap debian-archive-keyring; \
 	else echo "buildah, podman, runc and debootstrap are installed"; fi
 
 test: ## the test suite: unit, DAG, model and integration tiers (real PostgreSQL, Airflow, bentoml serve)

@@ -300,7 +300,7 @@ def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
         model_tag = f"{load_spec(settings.model_spec).name}:{bento_tag.partition(':')[2]}"
     else:
         model_tag, bento_tag, _ = _champion_bento(settings, url)
-    backend = args.backend or settings.image_backend
+    backend = container.resolve_backend(args.backend or settings.image_backend, dict(os.environ))
     built = container.containerize(
         settings,
         bento_tag,
@@ -392,9 +392,9 @@ def _parser() -> argparse.ArgumentParser:
     image.add_argument("--bento", help="a Bento tag instead of the champion's")
     image.add_argument(
         "--backend",
-        choices=["docker", "buildx", "buildah", "podman"],
-        help="docker/buildx need a Docker daemon; buildah needs none (default: "
-        "DRIFTLOOP_IMAGE_BACKEND, else docker)",
+        choices=["docker", "buildx", "buildah", "podman", "auto"],
+        help="docker/buildx need a Docker daemon; buildah needs none; auto: docker where a daemon "
+        "answers, else buildah (default: DRIFTLOOP_IMAGE_BACKEND, else docker)",
     )
     image.add_argument(
         "--base-image",

@@ -51,10 +51,13 @@ __all__ = [
     "ensure_local_base",
     "push",
     "record_image",
+    "resolve_backend",
     "smoke_test",
 ]
 
 BACKENDS = ("docker", "buildx", "buildah", "podman")
+# "auto" picks docker where a daemon answers, else buildah.
+CHOICES = (*BACKENDS, "auto")
 # The value of DRIFTLOOP_IMAGE_BASE (or --base-image) that asks for the locally made base.
 LOCAL_BASE = "local"
 LOCAL_BASE_REPO = "localhost/driftloop-base"
@@ -157,6 +160,17 @@ def _tail(result: subprocess.CompletedProcess[str], lines: int = 3) -> str:
     return " | ".join((result.stderr or result.stdout).strip().splitlines()[-lines:])
 
 
+def resolve_backend(backend: str, env: dict[str, str]) -> str:
+    """``backend``, with ``auto`` resolved: docker where a Docker daemon answers, else buildah."""
+    if backend != "auto":
+        return backend
+    if shutil.which("docker", path=env.get("PATH")) is not None:
+        info = _run(["docker", "info", "--format", "{{.ServerVersion}}"], env, timeout=30)
+        if info.returncode == 0:
+            return "docker"
+    return "buildah"
+
+
 def check_backend(backend: str, env: dict[str, str], *, run: bool = False) -> None:
     """Fail with what to install when ``backend`` (and, with ``run``, the tool that runs its images)
     cannot work here.
@@ -166,7 +180,7 @@ def check_backend(backend: str, env: dict[str, str], *, run: bool = False) -> No
     """
     if backend not in BACKENDS:
         raise DriftloopError(
-            f"unknown image backend {backend!r}: choose one of {', '.join(BACKENDS)} "
+            f"unknown image backend {backend!r}: choose one of {', '.join(CHOICES)} "
             "(DRIFTLOOP_IMAGE_BACKEND or --backend)"
         )
     needed = [_engine(backend)] + ([_runner(backend)] if run else [])
@@ -564,7 +578,7 @@ def containerize(
         NotFoundError: no such Bento.
         DriftloopError: backend or base image unusable, or the build failed (with its log's path).
     """
-    backend = backend or settings.image_backend
+    backend = resolve_backend(backend or settings.image_backend, dict(os.environ))
     base_image = base_image if base_image is not None else settings.image_base
     if extra_ca is None:
         extra_ca = [settings.image_extra_ca] if settings.image_extra_ca else []
@@ -784,7 +798,7 @@ def smoke_test(
     """
     import httpx
 
-    backend = backend or settings.image_backend
+    backend = resolve_backend(backend or settings.image_backend, dict(os.environ))
     runner = _runner(backend)
     env = engine_env(settings) if runner == "podman" else dict(os.environ)
     check_backend(backend, env, run=True)

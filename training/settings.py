@@ -24,7 +24,8 @@ class Settings(BaseSettings):
         model_spec: path of a model spec YAML; the built-in churn spec when unset.
         containerize: whether the retrain DAG builds an OCI image of the new Bento before promoting
             it (off by default: local runs rarely have a container engine).
-        image_backend: ``bentoml containerize`` backend: docker, buildx, buildah or podman.
+        image_backend: ``bentoml containerize`` backend: docker, buildx, buildah or podman; ``auto``
+            is docker where a Docker daemon answers, else buildah.
         image_base: base image of the built image: None for the Bento's own (BentoML's official
             ``python:3.11-slim``), ``local`` for one made here with debootstrap, or an image ref.
         image_extra_ca: a PEM file, or a folder of ``.crt``/``.pem`` files, that the build's steps
@@ -41,7 +42,7 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     model_spec: Path | None = None
     containerize: bool = False
-    image_backend: Literal["docker", "buildx", "buildah", "podman"] = "docker"
+    image_backend: Literal["docker", "buildx", "buildah", "podman", "auto"] = "docker"
     image_base: str | None = None
     image_extra_ca: Path | None = None
     image_repository: str | None = None

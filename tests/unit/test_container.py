@@ -17,6 +17,7 @@ from training.container import (
     _without_toolchain,
     check_backend,
     engine_env,
+    resolve_backend,
 )
 from training.errors import DriftloopError
 from training.settings import Settings
@@ -79,8 +80,17 @@ def test_docker_without_a_daemon_says_so(tmp_path: Path) -> None:
 
 
 def test_an_unknown_backend_lists_the_choices() -> None:
-    with pytest.raises(DriftloopError, match="docker, buildx, buildah, podman"):
+    with pytest.raises(DriftloopError, match="docker, buildx, buildah, podman, auto"):
         check_backend("kaniko", {"PATH": ""})
+
+
+def test_auto_takes_buildah_where_no_docker_daemon_answers(tmp_path: Path) -> None:
+    env = {"PATH": str(tmp_path), "DOCKER_HOST": "unix:///nonexistent.sock"}
+    assert resolve_backend("auto", env) == "buildah"
+    if shutil.which("docker"):
+        env["PATH"] = str(Path(shutil.which("docker") or "").parent)
+        assert resolve_backend("auto", env) == "buildah"
+    assert resolve_backend("podman", env) == "podman"
 
 
 def test_engine_env_writes_driftloops_conf_unless_the_user_chose_one(
