@@ -87,7 +87,15 @@ def _summary(settings: Settings, url: str, model_name: str) -> dict[str, Any]:
             (model_name,),
         )
         champion = cur.fetchone()
-    return {"drift": drift, "training": training, "champion": champion}
+        image = None
+        if champion is not None:
+            cur.execute(
+                "SELECT detail FROM deployments WHERE bento_tag = %s AND target = 'image'"
+                " ORDER BY created_at DESC LIMIT 1",
+                (champion[2],),
+            )
+            image = cur.fetchone()
+    return {"drift": drift, "training": training, "champion": champion, "image": image}
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -151,6 +159,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if champion is not None:
         version, tag, bento = champion
         print(f"  serving           champion v{version} {tag}, Bento {bento}")
+        if summary.get("image"):
+            detail = summary["image"][0]
+            size = f", {detail['size_bytes'] / 1e6:.0f} MB" if detail.get("size_bytes") else ""
+            print(f"  image             {detail['image']} ({detail['backend']}{size})")
+        else:
+            print("  image             not built (`make image`, or DRIFTLOOP_CONTAINERIZE=true)")
     print(f"  drift report      {report}")
     print(f"  window dataset    {dataset}")
     print("=" * 72)
