@@ -6,11 +6,15 @@ started under the session's temporary folder (the same server the CLI uses by de
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +25,38 @@ def pytest_configure(config: pytest.Config) -> None:
     # BentoML reads its home when first imported: point it at a private store before any test does.
     os.environ.setdefault("BENTOML_HOME", str(_SESSION_ROOT / "bentoml"))
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+
+_LOCAL_BASE: dict[str, Any] = {}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start making the local base image (debootstrap, about a minute of mostly downloads and
+    unpacking) while the tests before the image tests run; ``local_base`` waits for it."""
+    if not any(item.get_closest_marker("container") for item in session.items):
+        return
+    if os.geteuid() != 0 or any(shutil.which(t) is None for t in ("buildah", "debootstrap")):
+        return  # test_image.py skips (or fails under CI) with the reason
+
+    def prepare() -> None:
+        from training.container import ensure_local_base
+        from training.settings import Settings
+
+        # Errors surface again, with their message, when the image tests ask for the base.
+        with contextlib.suppress(Exception):
+            ensure_local_base(Settings(home=_SESSION_ROOT / "local-base"))
+
+    thread = threading.Thread(target=prepare, name="local-base", daemon=True)
+    thread.start()
+    _LOCAL_BASE["thread"] = thread
+
+
+@pytest.fixture(scope="session")
+def local_base() -> None:
+    """Wait for the base image started at collection (if any), so it is not made twice."""
+    thread = _LOCAL_BASE.get("thread")
+    if thread is not None:
+        thread.join()
 
 
 @pytest.fixture(scope="session")

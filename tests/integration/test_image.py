@@ -81,7 +81,9 @@ def _images(home: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def built(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+def built(
+    server_url: str, tmp_path_factory: pytest.TempPathFactory, local_base: None
+) -> Iterator[Built]:
     """A champion bootstrapped in its own database, its Bento built, then containerized."""
     from training.container import containerize, record_image
     from training.settings import get_settings
