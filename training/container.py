@@ -527,7 +527,7 @@ def _ca_bundle(extra_ca: list[Path], into: Path) -> Path:
             pems.append(path)
         else:
             raise DriftloopError(
-                f"extra CA certificate {path} does not exist (DRIFTLOOP_IMAGE_EXTRA_CA)"
+                f"extra CA certificate {path} does not exist (--extra-ca or DRIFTLOOP_IMAGE_EXTRA_CA)"
             )
     if not pems:
         raise DriftloopError(f"no .crt or .pem files in {', '.join(map(str, extra_ca))}")
@@ -589,6 +589,9 @@ def containerize(
             "extra CA certificates are mounted into the build with buildah/podman volumes, which "
             f"the {backend} backend lacks: use --backend buildah, or bake them into your base image"
         )
+    if extra_ca:
+        with tempfile.TemporaryDirectory() as probe:
+            _ca_bundle(extra_ca, Path(probe))  # a bad path fails now, not after the base is made
     full_tag, bento_dir = _bento_dir(bento_tag)
     name, _, version = full_tag.partition(":")
     final = f"{repository or name}:{version}"
