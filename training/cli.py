@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -264,24 +263,21 @@ def cmd_airflow(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from training.spec import load_spec
+    from training import registry
     from training.store import connect
 
     url = _store(settings)
-    name = load_spec(settings.model_spec).name
     model_tag, bento_tag, version = _champion_bento(settings, url)
     command = ["bentoml", "serve", bento_tag, "--port", str(args.port), "--host", args.host]
     print(f"serving champion v{version} ({model_tag}): {' '.join(command)}", flush=True)
-    with connect(url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "INSERT INTO deployments (model_name, model_tag, bento_tag, target, status, detail)"
-            " VALUES (%s, %s, %s, 'local', 'serving', %s)",
-            (
-                name,
-                model_tag,
-                bento_tag,
-                json.dumps({"host": args.host, "port": args.port}),
-            ),
+    with connect(url) as conn:
+        registry.record_deployment(
+            conn,
+            model_tag,
+            bento_tag,
+            target="local",
+            status="serving",
+            detail={"host": args.host, "port": args.port},
         )
     env = dict(os.environ, DRIFTLOOP_HOME=str(settings.home), DRIFTLOOP_DATABASE_URL=url)
     # This interpreter's bentoml, so it works without the venv on PATH; replaces this process.

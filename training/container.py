@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -160,14 +160,27 @@ def _tail(result: subprocess.CompletedProcess[str], lines: int = 3) -> str:
     return " | ".join((result.stderr or result.stdout).strip().splitlines()[-lines:])
 
 
+def _docker_info(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Ask the Docker daemon for its version: fails when none answers."""
+    return _run(["docker", "info", "--format", "{{.ServerVersion}}"], env, timeout=30)
+
+
+def _backend_env(settings: Settings, backend: str) -> dict[str, str]:
+    """The environment the backend's tools run with (buildah/podman get driftloop's conf)."""
+    return dict(os.environ) if _engine(backend) == "docker" else engine_env(settings)
+
+
+def _image_cli(backend: str) -> str:
+    """The tool that tags, removes and pushes images (podman shares buildah's storage)."""
+    return "docker" if _engine(backend) == "docker" else "buildah"
+
+
 def resolve_backend(backend: str, env: dict[str, str]) -> str:
     """``backend``, with ``auto`` resolved: docker where a Docker daemon answers, else buildah."""
     if backend != "auto":
         return backend
-    if shutil.which("docker", path=env.get("PATH")) is not None:
-        info = _run(["docker", "info", "--format", "{{.ServerVersion}}"], env, timeout=30)
-        if info.returncode == 0:
-            return "docker"
+    if shutil.which("docker", path=env.get("PATH")) and _docker_info(env).returncode == 0:
+        return "docker"
     return "buildah"
 
 
@@ -191,7 +204,7 @@ def check_backend(backend: str, env: dict[str, str], *, run: bool = False) -> No
                 f"the {backend} backend needs `{binary}`, which is not on PATH: {hint}"
             )
     if _engine(backend) == "docker":
-        info = _run(["docker", "info", "--format", "{{.ServerVersion}}"], env, timeout=30)
+        info = _docker_info(env)
         if info.returncode != 0:
             raise DriftloopError(
                 f"the {backend} backend needs a Docker daemon, and none answers ({_tail(info, 1)}): "
@@ -226,13 +239,11 @@ def _image_size(backend: str, ref: str, env: dict[str, str]) -> int | None:
 
 
 def _remove_image(backend: str, ref: str, env: dict[str, str]) -> None:
-    command = ["docker", "rmi", ref] if _engine(backend) == "docker" else ["buildah", "rmi", ref]
-    _run(command, env, timeout=120)
+    _run([_image_cli(backend), "rmi", ref], env, timeout=120)
 
 
 def _tag_image(backend: str, source: str, target: str, env: dict[str, str]) -> None:
-    tool = "docker" if _engine(backend) == "docker" else "buildah"
-    result = _run([tool, "tag", source, target], env, timeout=120)
+    result = _run([_image_cli(backend), "tag", source, target], env, timeout=120)
     if result.returncode != 0:
         raise DriftloopError(f"could not tag {source} as {target}: {_tail(result)}")
 
@@ -444,15 +455,12 @@ def _bento_dir(bento_tag: str) -> tuple[str, Path]:
     try:
         bento = bentoml.bentos.get(bento_tag)
     except NotFound:
+        home = os.environ.get("BENTOML_HOME", str(Path.home() / "bentoml"))
         raise NotFoundError(
-            f"no Bento {bento_tag} in the local store ({_bentoml_home()}): `bentoml list` shows "
+            f"no Bento {bento_tag} in the local store ({home}): `bentoml list` shows "
             "what is there; `driftloop demo` or the retrain DAG builds the champion's"
         ) from None
     return str(bento.tag), Path(bento.path)
-
-
-def _bentoml_home() -> str:
-    return os.environ.get("BENTOML_HOME", str(Path.home() / "bentoml"))
 
 
 def _without_toolchain(commands: list[str]) -> list[str]:
@@ -500,17 +508,17 @@ def _staged_home(
     info["envs"] = envs + [{"name": key, "value": value} for key, value in env.items()]
     info_path.write_text(yaml.safe_dump(info, sort_keys=False))
     (into / "bentos" / name / "latest").write_text(version)
-    # containerize copies the Bento's models from the model store into the build context.
-    (into / "models").symlink_to(Path(_bentoml_home()) / "models")
+    # containerize copies the Bento's models from the model store into the build context; the
+    # store is the one holding the Bento (<home>/bentos/<name>/<version>).
+    (into / "models").symlink_to(source.parents[2] / "models")
     return into
 
 
-def _python_version(bento_dir: Path) -> str:
+def _image_section(bento_dir: Path) -> dict[str, Any]:
+    """What ``bento.yaml`` says about the image (``image`` in BentoML 1.4 Bentos, else ``docker``)."""
     info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
-    section = info.get("image") or info.get("docker") or {}
-    return str(
-        section.get("python_version") or f"{sys.version_info.major}.{sys.version_info.minor}"
-    )
+    section: dict[str, Any] = info.get("image") or info.get("docker") or {}
+    return section
 
 
 def _ca_bundle(extra_ca: list[Path], into: Path) -> Path:
@@ -582,16 +590,13 @@ def containerize(
     base_image = base_image if base_image is not None else settings.image_base
     if extra_ca is None:
         extra_ca = [settings.image_extra_ca] if settings.image_extra_ca else []
-    env = engine_env(settings) if _engine(backend) != "docker" else dict(os.environ)
+    env = _backend_env(settings, backend)
     check_backend(backend, env)
     if extra_ca and _engine(backend) == "docker":
         raise DriftloopError(
             "extra CA certificates are mounted into the build with buildah/podman volumes, which "
             f"the {backend} backend lacks: use --backend buildah, or bake them into your base image"
         )
-    if extra_ca:
-        with tempfile.TemporaryDirectory() as probe:
-            _ca_bundle(extra_ca, Path(probe))  # a bad path fails now, not after the base is made
     full_tag, bento_dir = _bento_dir(bento_tag)
     name, _, version = full_tag.partition(":")
     final = f"{repository or name}:{version}"
@@ -602,7 +607,14 @@ def containerize(
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="driftloop-image-") as tmp:
         build_env = dict(env)
-        used_base = _python_base(bento_dir)
+        bundle = None
+        if extra_ca:
+            # Made first: a bad path fails now, not after the base image is made.
+            certs = Path(tmp) / "certs"
+            certs.mkdir()
+            bundle = _ca_bundle(extra_ca, certs)
+        section = _image_section(bento_dir)
+        used_base = str(section.get("base_image") or "BentoML's default")
         if base_image:
             if base_image == LOCAL_BASE:
                 if _engine(backend) == "docker":
@@ -611,7 +623,8 @@ def containerize(
                         "with it, or name a base image your Docker daemon can pull"
                     )
                 base_image = ensure_local_base(settings, progress=progress)
-            check_base(backend, base_image, _python_version(bento_dir), env)
+            python_version = section.get("python_version") or "{}.{}".format(*sys.version_info[:2])
+            check_base(backend, base_image, str(python_version), env)
             used_base = base_image
         if base_image or extra_ca:
             # uv uses its own bundled roots unless told to use the system's, where the mount is.
@@ -637,10 +650,8 @@ def containerize(
             command += ["--opt", "network=host", "--opt", "layers", "--opt", "force-rm"]
         if backend == "buildx":
             command += ["--opt", "load"]
-        if extra_ca:
-            certs = Path(tmp) / "certs"
-            certs.mkdir()
-            command += ["--opt", f"volume={_ca_mount(_ca_bundle(extra_ca, certs))}"]
+        if bundle is not None:
+            command += ["--opt", f"volume={_ca_mount(bundle)}"]
         progress(f"bentoml containerize {full_tag} --backend {backend} (log: {log}) ...")
         output: list[str] = []
         with (
@@ -683,6 +694,7 @@ def containerize(
 
 def record_image(database_url: str, model_tag: str, built: BuiltImage) -> None:
     """Keep the image beside the loop's other records (``deployments``, target ``image``)."""
+    from training import registry
     from training.store import connect
 
     detail = {
@@ -692,25 +704,17 @@ def record_image(database_url: str, model_tag: str, built: BuiltImage) -> None:
         "seconds": round(built.seconds, 1),
         "size_bytes": built.size_bytes,
     }
-    with connect(database_url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "INSERT INTO deployments (model_name, model_tag, bento_tag, target, status, detail)"
-            " VALUES (%s, %s, %s, 'image', 'built', %s)",
-            (model_tag.partition(":")[0], model_tag, built.bento_tag, json.dumps(detail)),
+    with connect(database_url) as conn:
+        registry.record_deployment(
+            conn, model_tag, built.bento_tag, target="image", status="built", detail=detail
         )
-
-
-def _python_base(bento_dir: Path) -> str:
-    info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
-    section = info.get("image") or info.get("docker") or {}
-    return str(section.get("base_image") or "BentoML's default")
 
 
 def push(settings: Settings, image: str, backend: str) -> None:
     """Push ``image`` to its registry with the backend's own client (credentials from its login)."""
-    env = engine_env(settings) if _engine(backend) != "docker" else dict(os.environ)
-    tool = "docker" if _engine(backend) == "docker" else "buildah"
-    result = _run([tool, "push", image], env, timeout=1800)
+    result = _run(
+        [_image_cli(backend), "push", image], _backend_env(settings, backend), timeout=1800
+    )
     if result.returncode != 0:
         raise DriftloopError(f"pushing {image} failed: {_tail(result)}")
 
@@ -768,12 +772,14 @@ def _tcp_bridge(socket_path: str) -> Iterator[int]:
 @contextlib.contextmanager
 def _reachable_url(database_url: str) -> Iterator[str]:
     """``database_url`` in a form a container on the host network can use."""
-    parts = urlsplit(database_url)
-    socket_dir = (parse_qs(parts.query).get("host") or [""])[0]
-    if not socket_dir.startswith("/"):
+    from training.postgres import socket_dir
+
+    folder = socket_dir(database_url)
+    if not folder or not folder.startswith("/"):
         yield database_url
         return
-    socket_path = f"{socket_dir}/.s.PGSQL.{parts.port or 5432}"
+    parts = urlsplit(database_url)
+    socket_path = f"{folder}/.s.PGSQL.{parts.port or 5432}"
     with _tcp_bridge(socket_path) as port:
         user = parts.username or "postgres"
         yield f"postgresql://{user}@127.0.0.1:{port}{parts.path}"
@@ -803,7 +809,7 @@ def smoke_test(
 
     backend = resolve_backend(backend or settings.image_backend, dict(os.environ))
     runner = _runner(backend)
-    env = engine_env(settings) if runner == "podman" else dict(os.environ)
+    env = _backend_env(settings, backend)
     check_backend(backend, env, run=True)
     port = _free_port()
     name = f"driftloop-smoke-{uuid.uuid4().hex[:8]}"

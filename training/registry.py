@@ -28,6 +28,7 @@ __all__ = [
     "get_version",
     "load_model",
     "promote",
+    "record_deployment",
     "register",
     "reject",
     "save_model",
@@ -207,3 +208,21 @@ def reject(conn: Connection, tag: str) -> ModelVersion:
 def set_bento(conn: Connection, tag: str, bento_tag: str) -> None:
     with conn.cursor() as cur:
         cur.execute("UPDATE model_versions SET bento_tag = %s WHERE tag = %s", (bento_tag, tag))
+
+
+def record_deployment(
+    conn: Connection,
+    model_tag: str,
+    bento_tag: str,
+    *,
+    target: str,
+    status: str,
+    detail: dict[str, Any],
+) -> None:
+    """Record where a model's Bento went (``target``: local serving, an image, a cluster)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO deployments (model_name, model_tag, bento_tag, target, status, detail)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (model_tag.partition(":")[0], model_tag, bento_tag, target, status, json.dumps(detail)),
+        )
