@@ -31,6 +31,17 @@ class Settings(BaseSettings):
         image_extra_ca: a PEM file, or a folder of ``.crt``/``.pem`` files, that the build's steps
             trust (TLS-intercepting proxies); mounted during the build only, never in the image.
         image_repository: image name, e.g. ``ghcr.io/acme/churn_service``; the Bento's name if unset.
+        log_predictions: whether the service records every prediction (off only to measure what
+            logging costs: predictions that are not recorded can never get feedback).
+        spool_dir: where each service worker writes predictions ahead of PostgreSQL; ``home/spool``
+            if unset. In a container, mount a volume here: what is in it has not reached the store.
+        spool_max_mb: the most each worker's spool may hold; past it, predictions get 503.
+        log_flush_ms: how long the log writer lets records gather before one COPY.
+        batch_max_size: overrides the Bento's adaptive-batching ``max_batch_size``.
+        batch_max_latency_ms: overrides the Bento's adaptive-batching ``max_latency_ms``.
+        batch_max_records: the most records one ``/predict_batch`` request may carry.
+        db_connect_timeout_s: connect timeout of the service's database connections.
+        db_statement_timeout_ms: statement timeout of the service's database connections.
     """
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", extra="ignore")
@@ -46,6 +57,15 @@ class Settings(BaseSettings):
     image_base: str | None = None
     image_extra_ca: Path | None = None
     image_repository: str | None = None
+    log_predictions: bool = True
+    spool_dir: Path | None = None
+    spool_max_mb: int = Field(512, ge=1)
+    log_flush_ms: int = Field(50, ge=1, le=60_000)
+    batch_max_size: int | None = Field(None, ge=1, le=10_000)
+    batch_max_latency_ms: int | None = Field(None, ge=1)
+    batch_max_records: int = Field(1000, ge=1, le=100_000)
+    db_connect_timeout_s: int = Field(3, ge=1, le=300)
+    db_statement_timeout_ms: int = Field(5000, ge=1)
 
     @field_validator("home")
     @classmethod
@@ -60,6 +80,10 @@ class Settings(BaseSettings):
     @property
     def artifacts_root(self) -> str:
         return self.artifacts_uri or str(self.home / "artifacts")
+
+    @property
+    def spool_root(self) -> Path:
+        return (self.spool_dir or self.home / "spool").expanduser().resolve()
 
     @property
     def airflow_home(self) -> Path:
