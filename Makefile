@@ -22,8 +22,8 @@ setup: ## install uv (from PyPI) if missing, then the locked environment in .ven
 demo: ## the whole loop on embedded defaults, with a summary (starts over each time)
 	$(UV) run --frozen driftloop demo --reset
 
-serve: ## serve the champion's Bento on http://127.0.0.1:3000 (PORT=... to change)
-	$(UV) run --frozen driftloop serve --port $(PORT)
+serve: ## serve the champion's Bento on http://127.0.0.1:3000 (PORT=..., WORKERS=... to change)
+	$(UV) run --frozen driftloop serve --port $(PORT) $(if $(WORKERS),--workers $(WORKERS))
 
 airflow: ## Airflow UI, scheduler and dag-processor on http://127.0.0.1:8080 (AIRFLOW_PORT=...)
 	$(UV) run --frozen driftloop airflow --port $(AIRFLOW_PORT)

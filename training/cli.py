@@ -269,7 +269,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     url = _store(settings)
     model_tag, bento_tag, version = _champion_bento(settings, url)
     command = ["bentoml", "serve", bento_tag, "--port", str(args.port), "--host", args.host]
-    print(f"serving champion v{version} ({model_tag}): {' '.join(command)}", flush=True)
+    env = dict(os.environ, DRIFTLOOP_HOME=str(settings.home), DRIFTLOOP_DATABASE_URL=url)
+    if args.workers is not None:
+        # BentoML reads per-service worker counts from its configuration; the option adds to (and
+        # wins over) whatever BENTOML_CONFIG_OPTIONS already says.
+        service_name = bento_tag.partition(":")[0]
+        option = f"services.{service_name}.workers={args.workers}"
+        env["BENTOML_CONFIG_OPTIONS"] = " ".join(
+            part for part in (os.environ.get("BENTOML_CONFIG_OPTIONS", ""), option) if part
+        )
+    workers = f", {args.workers} workers" if args.workers else ""
+    print(f"serving champion v{version} ({model_tag}{workers}): {' '.join(command)}", flush=True)
     with connect(url) as conn:
         registry.record_deployment(
             conn,
@@ -277,9 +287,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             bento_tag,
             target="local",
             status="serving",
-            detail={"host": args.host, "port": args.port},
+            detail={"host": args.host, "port": args.port, "workers": args.workers or 1},
         )
-    env = dict(os.environ, DRIFTLOOP_HOME=str(settings.home), DRIFTLOOP_DATABASE_URL=url)
     # This interpreter's bentoml, so it works without the venv on PATH; replaces this process.
     os.execve(sys.executable, [sys.executable, "-m", *command], env)
     return 0  # pragma: no cover
@@ -356,6 +365,16 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="driftloop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -391,6 +410,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="bentoml serve the champion's Bento")
     serve.add_argument("--port", type=int, default=3000)
     serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="server worker processes (default: the Bento's own, 1); each has its own spool",
+    )
     serve.set_defaults(func=cmd_serve)
 
     image = sub.add_parser(
