@@ -235,12 +235,17 @@ class FastScorer:
         return self._family
 
     @classmethod
-    def compile(cls, pipeline: Pipeline, spec: ModelSpec) -> FastScorer:
+    def compile(
+        cls, pipeline: Pipeline, spec: ModelSpec, *, num_threads: int | None = None
+    ) -> FastScorer:
         """Derive a scorer from a fitted pipeline made by ``build_pipeline`` for ``spec``.
 
         Args:
             pipeline: the fitted ``preprocess`` ColumnTransformer + estimator pipeline.
             spec: the spec the pipeline was trained with (it decides how raw values convert).
+            num_threads: LightGBM threads for a batch (speed only, never the scores); the model's
+                ``n_jobs`` when None. A server worker passes 1: workers are the parallelism, and
+                OpenMP threads of one worker would wait at barriers for cores the others hold.
 
         Raises:
             ValueError: the pipeline is unfitted or not of a shape ``build_pipeline`` makes (other
@@ -364,7 +369,7 @@ class FastScorer:
             numerics=tuple(numerics),
             estimator=estimator,
             predict_params={k: params[k] for k in _PREDICT_PARAMS if k in params},
-            threads=_threads(threads),
+            threads=num_threads if num_threads is not None else _threads(threads),
         )
 
     def matrix(self, records: Sequence[Mapping[str, Any]]) -> NDArray[np.float64]:

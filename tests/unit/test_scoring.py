@@ -142,6 +142,13 @@ def test_scores_equal_the_pipeline(case: Case) -> None:
     assert got.std() > 0.05  # a real model, not a constant
 
 
+def test_one_thread_as_a_server_worker_uses_gives_the_same_scores(case: Case) -> None:
+    """The service compiles with ``num_threads=1``; thread counts may change speed, never scores."""
+    expected = score(case.pipeline, case.spec, pd.DataFrame(case.records))
+    one_thread = FastScorer.compile(case.pipeline, case.spec, num_threads=1)
+    _assert_scores_match(case, one_thread.score(case.records), expected)
+
+
 def test_single_records_equal_the_batch(case: Case) -> None:
     batch = case.scorer.score(case.records)
     picked = np.random.default_rng(3).choice(len(case.records), size=400, replace=False)
