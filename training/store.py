@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import psycopg2
 import psycopg2.extensions
@@ -21,11 +23,14 @@ __all__ = [
     "PredictionRecord",
     "applied_migrations",
     "connect",
+    "copy_predictions",
+    "encode_prediction",
     "migrate",
     "record_feedback",
     "record_feedback_many",
     "record_predictions",
     "reset",
+    "service_connection",
 ]
 
 # Any fixed number works; it only has to be the same in every process that migrates.
@@ -59,6 +64,55 @@ def connect(url: str) -> Iterator[Connection]:
             yield conn
     finally:
         conn.close()
+
+
+# TCP keepalives of the service's connections: a peer gone silent (a dead host, a dropped route) is
+# noticed in about 20 s instead of the kernel's two hours.
+_KEEPALIVES_IDLE_S = 10
+_KEEPALIVES_INTERVAL_S = 3
+_KEEPALIVES_COUNT = 3
+# libpq 12 and later can also bound how long sent data may stay unacknowledged (a COPY to a host
+# that vanished mid-write would otherwise wait out the kernel's retransmissions, about 15 minutes).
+_TCP_USER_TIMEOUT_LIBPQ = 120_000
+_TCP_USER_TIMEOUT_SLACK_MS = 5_000
+
+
+def service_connection(
+    url: str, *, connect_timeout_s: int, statement_timeout_ms: int, application_name: str
+) -> Connection:
+    """A connection for a long-running process that must never hang on the store.
+
+    The server cancels any statement running longer than ``statement_timeout_ms`` (an ``options``
+    already in ``url`` is kept); TCP keepalives, and where libpq supports it a TCP user timeout,
+    make a vanished server an error instead of a wait. The connection is not in autocommit mode.
+
+    Args:
+        url: a PostgreSQL URL or DSN.
+        connect_timeout_s: how long connecting may take.
+        statement_timeout_ms: the server-side ``statement_timeout`` of every statement.
+        application_name: how the connection shows in ``pg_stat_activity``.
+
+    Raises:
+        psycopg2.OperationalError: the server cannot be reached (its message may name the host or
+            socket: log it at DEBUG only).
+    """
+    options = f"-c statement_timeout={int(statement_timeout_ms)}"
+    configured = psycopg2.extensions.parse_dsn(url).get("options")
+    if configured:
+        options = f"{configured} {options}"
+    params: dict[str, Any] = {
+        "connect_timeout": connect_timeout_s,
+        "application_name": application_name,
+        "options": options,
+        "keepalives": 1,
+        "keepalives_idle": _KEEPALIVES_IDLE_S,
+        "keepalives_interval": _KEEPALIVES_INTERVAL_S,
+        "keepalives_count": _KEEPALIVES_COUNT,
+    }
+    if psycopg2.extensions.libpq_version() >= _TCP_USER_TIMEOUT_LIBPQ:
+        params["tcp_user_timeout"] = int(statement_timeout_ms) + _TCP_USER_TIMEOUT_SLACK_MS
+    conn: Connection = psycopg2.connect(url, **params)
+    return conn
 
 
 def _migration_files() -> list[tuple[int, str, str]]:
@@ -153,6 +207,161 @@ def record_predictions(conn: Connection, records: Sequence[PredictionRecord]) ->
             fetch=True,
         )
     return len(result)
+
+
+# json.dumps with arguments builds an encoder per call; one shared encoder saves that per request.
+# ensure_ascii (the default) leaves backslash as the only character COPY's text format cares about,
+# and allow_nan=False refuses NaN and Infinity, which jsonb would reject.
+_FEATURES_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_SMALLINT = range(-32_768, 32_768)
+# The JSON escape of U+0000 (jsonb refuses it): a "\u0000" whose backslash is not itself escaped
+# ("\\u0000" is the harmless text "\u0000").
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+# The records of one served batch share one created_at object: formatting it once per batch saves a
+# fifth of the encoding. (Object, text) replaced as one tuple, so threads never see a torn pair.
+_last_created_at: tuple[datetime | None, str] = (None, "")
+
+
+def _copy_text(field: str, value: str) -> str:
+    """``value`` escaped for COPY's text format (one field of one line)."""
+    if "\x00" in value:
+        # PostgreSQL's text cannot hold U+0000; refused here, it would fail a whole COPY later.
+        raise ValueError(f"prediction {field} must not contain the NUL character")
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        value = (
+            value.replace("\\", "\\\\")
+            .replace("\t", "\\t")
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+        )
+    return value
+
+
+def encode_prediction(record: PredictionRecord) -> bytes:
+    """One line of PostgreSQL's COPY text format for the ``predictions`` table.
+
+    The columns are, in order, ``request_id, model_name, model_version, features, score, label,
+    created_at``; the line ends with a newline, so lines concatenate into a COPY stream. Whatever
+    PostgreSQL would refuse is refused here instead, where the caller can still answer for it.
+
+    Args:
+        record: the prediction; its ``created_at`` must be set (the time it was served, with a time
+            zone), since a spooled record may reach the store much later.
+
+    Returns:
+        The UTF-8 line.
+
+    Raises:
+        ValueError: ``created_at`` is missing or naive; a feature is NaN or infinite; a text holds
+            NUL (U+0000) or a lone surrogate; ``label`` does not fit a smallint.
+    """
+    global _last_created_at
+    created_at = record.created_at
+    cached_at, timestamp = _last_created_at
+    if created_at is not cached_at:
+        if created_at is None:
+            raise ValueError(
+                "prediction created_at must be set to the time the prediction was served"
+            )
+        if created_at.tzinfo is None:
+            raise ValueError("prediction created_at must carry a time zone")
+        timestamp = created_at.isoformat()
+        _last_created_at = (created_at, timestamp)
+    label = int(record.label)
+    if label not in _SMALLINT:
+        raise ValueError(f"prediction label {label} does not fit a smallint")
+    features = _FEATURES_JSON.encode(record.features)
+    if "\\u0000" in features and _JSON_NUL.search(features):
+        raise ValueError("prediction features must not contain the NUL character")
+    if "\\ud" in features:
+        # ASCII-only JSON hides lone surrogates (jsonb refuses them) as escapes; only strings with
+        # characters outside the BMP get here, so the second encoding is rare.
+        json.dumps(record.features, ensure_ascii=False).encode()
+    return (
+        f"{_copy_text('request_id', record.request_id)}\t"
+        f"{_copy_text('model_name', record.model_name)}\t"
+        f"{_copy_text('model_version', record.model_version)}\t"
+        f"{_copy_text('features', features)}\t"
+        f"{float(record.score)!r}\t{label}\t{timestamp}\n"
+    ).encode()
+
+
+_COPY_PREDICTIONS = (
+    "COPY predictions"
+    " (request_id, model_name, model_version, features, score, label, created_at) FROM STDIN"
+)
+_COPY_SAVEPOINT = "SAVEPOINT driftloop_copy_predictions"
+_COPY_ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT driftloop_copy_predictions"
+_CREATE_STAGING = (
+    "CREATE TEMP TABLE predictions_staging (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DROP"
+)
+_COPY_STAGING = (
+    "COPY pg_temp.predictions_staging"
+    " (request_id, model_name, model_version, features, score, label, created_at) FROM STDIN"
+)
+_INSERT_FROM_STAGING = (
+    "INSERT INTO predictions"
+    " (request_id, model_name, model_version, features, score, label, created_at)"
+    " SELECT request_id, model_name, model_version, features, score, label, created_at"
+    " FROM pg_temp.predictions_staging ON CONFLICT (request_id) DO NOTHING"
+)
+# Dropped explicitly too, so a second call in the same transaction can create it again.
+_DROP_STAGING = "DROP TABLE pg_temp.predictions_staging"
+_COPY_BUFFER_BYTES = 1 << 16
+
+
+def copy_predictions(conn: Connection, data: bytes | IO[bytes]) -> int:
+    """COPY lines made by :func:`encode_prediction` into ``predictions``; never duplicates a row.
+
+    The fast path is a plain ``COPY``. When it hits a ``request_id`` already stored (a replay
+    after a crash between commit and cleanup), it is rolled back to a savepoint taken just before
+    it, and the lines go through a temporary staging table and ``INSERT ... ON CONFLICT DO
+    NOTHING``: rows already stored keep their first version. The caller commits; what it did
+    earlier in the same transaction is kept.
+
+    Args:
+        conn: a connection, not in autocommit mode.
+        data: the lines, as bytes or a binary file (read from its current position; a file that
+            cannot seek is read into memory, since the slow path needs the lines twice).
+
+    Returns:
+        How many rows were newly stored.
+
+    Raises:
+        psycopg2.DataError: a line PostgreSQL cannot read (and other ``psycopg2.Error`` as raised).
+    """
+    if isinstance(data, bytes):
+        if not data:
+            return 0
+        payload: bytes | None = data
+        start = 0
+    elif data.seekable():
+        payload = None
+        start = data.tell()
+    else:
+        payload = data.read()
+        start = 0
+
+    def source() -> IO[bytes]:
+        if payload is not None:
+            return io.BytesIO(payload)
+        assert not isinstance(data, bytes)
+        data.seek(start)
+        return data
+
+    with conn.cursor() as cur:
+        cur.execute(_COPY_SAVEPOINT)
+        try:
+            cur.copy_expert(_COPY_PREDICTIONS, source(), size=_COPY_BUFFER_BYTES)
+            return max(cur.rowcount, 0)
+        except psycopg2.errors.UniqueViolation:
+            cur.execute(_COPY_ROLLBACK_TO_SAVEPOINT)
+        cur.execute(_CREATE_STAGING)
+        cur.copy_expert(_COPY_STAGING, source(), size=_COPY_BUFFER_BYTES)
+        cur.execute(_INSERT_FROM_STAGING)
+        stored = max(cur.rowcount, 0)
+        cur.execute(_DROP_STAGING)
+    return stored
 
 
 FeedbackStatus = Literal["created", "updated", "unchanged"]
