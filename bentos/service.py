@@ -1,19 +1,25 @@
-"""The model as a Bento service: typed prediction API with request logging, and ground-truth feedback.
+"""The model as a Bento service: typed prediction APIs, loss-free prediction logging, and feedback.
 
 ``bentoml serve bentos.service:ChurnService --arg model_tag=churn:<version>`` serves a model from the
 local store; a built Bento carries the champion it was built for (the ``model_tag`` build argument)
 and serves it with ``bentoml serve churn_service:<version>``.
+
+``/predict`` and ``/predict_batch`` are declared here (the OpenAPI document, ``bentoml.SyncHTTPClient``
+and in-process calls use these declarations) and answered over HTTP by :mod:`bentos.hotpath`, which
+runs in front of BentoML's app in the same worker; ``/feedback`` and every other route are BentoML's.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import uuid
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 import bentoml
-import pandas as pd
 import psycopg2
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
@@ -27,6 +33,21 @@ SPEC = load_spec(
     if os.environ.get("DRIFTLOOP_MODEL_SPEC")
     else BUILTIN_SPEC
 )
+
+log = logging.getLogger("driftloop.serve")
+T = TypeVar("T")
+
+# Adaptive batching of single-record requests (BentoML's CorkDispatcher): a batch is at most this
+# many requests, and a request whose estimated wait passes the latency budget is shed with 503.
+# The budget is an overload guard, not a target: below saturation batches form without waiting.
+MAX_BATCH_SIZE = 64
+MAX_LATENCY_MS = 2000
+# How long feedback for an unknown request id waits for the workers' spools to reach PostgreSQL
+# (the prediction may have been answered a moment ago and still be on its way).
+FEEDBACK_WAIT_S = 5.0
+# SIGTERM: how long the worker may spend writing its spool to PostgreSQL before it exits; what is
+# left stays in the spool for the next start.
+SHUTDOWN_FLUSH_S = 20.0
 
 
 def _refuse_nul(cls: type[BaseModel], value: Any) -> Any:
@@ -81,9 +102,39 @@ class FeedbackReceipt(BaseModel):
     )
 
 
+class FeedbackBatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: list[FeedbackRequest] = Field(
+        min_length=1, max_length=1000, description="up to 1,000 labels, each like /feedback's body"
+    )
+
+
+class FeedbackItemReceipt(BaseModel):
+    request_id: str
+    label: int
+    status: Literal["created", "updated", "unchanged", "not_found"] = Field(
+        description="as /feedback; not_found: no prediction carries this request_id (nothing stored)"
+    )
+
+
+class _StoreDown(Exception):
+    """The feedback store did not answer; the details are in the server log, not the response."""
+
+
+def _store_down() -> JSONResponse:
+    return JSONResponse(
+        {"error": "the feedback store is unavailable; nothing was recorded, retry later"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
 @bentoml.service(
     name=f"{SPEC.name}_service",
     traffic={"timeout": 30},
+    # Feedback runs in threads (it waits on PostgreSQL); predictions never leave the event loop.
+    threads=4,
     labels={"project": "driftloop", "model": SPEC.name},
 )
 class ChurnService:
@@ -93,15 +144,20 @@ class ChurnService:
 
     def __init__(self) -> None:
         import joblib
-        from psycopg2.pool import ThreadedConnectionPool
 
+        from bentos import hotpath
+        from bentos.predictor import Batching, Predictor
         from training.postgres import ensure_database
         from training.registry import MODEL_FILE, SPEC_FILE
+        from training.scoring import FastScorer
         from training.settings import get_settings
 
-        self.pipeline = joblib.load(self.model_ref.path_of(MODEL_FILE))
-        self.model_name = self.model_ref.tag.name
-        self.model_version = str(self.model_ref.tag.version)
+        settings = get_settings()
+        # BentoML's server logging passes only WARNING from non-BentoML loggers; the prediction
+        # routes' refusals and the log writer's recoveries are INFO worth keeping.
+        logging.getLogger("driftloop").setLevel(logging.INFO)
+        logging.getLogger("bentos").setLevel(logging.INFO)
+        pipeline = joblib.load(self.model_ref.path_of(MODEL_FILE))
         # Score with the spec the model was trained with (its threshold, its feature types); the
         # request schema above must describe the same features, or serving would skew.
         with open(self.model_ref.path_of(SPEC_FILE)) as source:
@@ -111,68 +167,174 @@ class ChurnService:
                 f"model {self.model_ref.tag} was trained on features {self.spec.feature_names}, "
                 f"but the service's request schema has {SPEC.feature_names}"
             )
-        # Start-up fails loudly if the store is unreachable: serving without logging would lose data.
-        url = ensure_database(get_settings())
-        # Connections open lazily; the cap only has to exceed the worker's concurrent requests.
-        self.pool = ThreadedConnectionPool(1, 16, url, application_name="driftloop-service")
+        # Start-up fails loudly if the store is unreachable: its migrations must have run before
+        # anything is written to it. Once running, an outage only fills the spool.
+        self.database_url = ensure_database(settings)
+        self.settings = settings
+        self._conn: psycopg2.extensions.connection | None = None
+        self._conn_lock = threading.Lock()
+        prediction_log = None
+        if settings.log_predictions:
+            from bentos.prediction_log import PredictionLog
+
+            prediction_log = PredictionLog(
+                self.database_url,
+                settings.spool_root,
+                max_bytes=settings.spool_max_mb * 1024 * 1024,
+                flush_interval_s=settings.log_flush_ms / 1000,
+                connect_timeout_s=settings.db_connect_timeout_s,
+                statement_timeout_ms=settings.db_statement_timeout_ms,
+            )
+            prediction_log.start()
+        else:
+            log.warning(
+                "DRIFTLOOP_LOG_PREDICTIONS=false: predictions are NOT recorded and can never "
+                "get feedback (meant for measuring what logging costs)"
+            )
+        self.prediction_log = prediction_log
+        # The class statement's name is BentoML's Service object by now (the decorator's result).
+        declared = cast(bentoml.Service[Any], ChurnService).apis["predict_batch"]
+        self.predictor = Predictor(
+            scorer=FastScorer.compile(pipeline, self.spec, num_threads=1),
+            threshold=self.spec.model.threshold,
+            model_name=self.model_ref.tag.name,
+            model_version=str(self.model_ref.tag.version),
+            prediction_log=prediction_log,
+            batching=Batching(
+                max_batch_size=settings.batch_max_size or declared.max_batch_size,
+                max_latency_ms=settings.batch_max_latency_ms or declared.max_latency_ms,
+            ),
+        )
+        hotpath.bind(self.predictor, settings.batch_max_records)
 
     @bentoml.on_shutdown
-    def close_store(self) -> None:
-        """Close the store's connections when the server stops."""
-        self.pool.closeall()
+    def close(self) -> None:
+        """Write the spool to PostgreSQL (SIGTERM loses nothing), then close the store."""
+        from bentos import hotpath
 
-    def _write(self, action: Any) -> Any:
-        conn = self.pool.getconn()
-        try:
-            with conn:
-                return action(conn)
-        finally:
-            # A connection broken by an outage is dropped, so the next request opens a fresh one.
-            self.pool.putconn(conn, close=bool(conn.closed))
+        hotpath.bind(None, self.settings.batch_max_records)
+        if not self.predictor.close(SHUTDOWN_FLUSH_S):
+            log.warning(
+                "the store did not take every spooled prediction within %.0f s; they stay in %s "
+                "and are written by the next start",
+                SHUTDOWN_FLUSH_S,
+                self.settings.spool_root,
+            )
+        with self._conn_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
-    @staticmethod
-    def _store_down(exc: psycopg2.Error) -> JSONResponse:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return JSONResponse(
-            {
-                "error": f"the feedback store is unavailable ({first_line}); nothing was recorded, retry later"
-            },
-            status_code=503,
-            headers={"Retry-After": "5"},
-        )
+    def __is_ready__(self) -> bool:
+        """Ready while predictions can be recorded (to PostgreSQL, or to a spool with room)."""
+        return self.predictor.ready()
+
+    def _store(self, action: Callable[[psycopg2.extensions.connection], T]) -> T:
+        """Run ``action`` in one transaction on the service's connection.
+
+        A connection the server dropped (a restart) is replaced and the action retried once, so
+        the first request after an outage does not fail on a stale connection.
+
+        Raises:
+            _StoreDown: the store did not answer (or timed out); the cause is logged.
+        """
+        from training.store import service_connection
+
+        with self._conn_lock:
+            for attempt in (1, 2):
+                fresh = self._conn is None
+                try:
+                    if self._conn is None:
+                        self._conn = service_connection(
+                            self.database_url,
+                            connect_timeout_s=self.settings.db_connect_timeout_s,
+                            statement_timeout_ms=self.settings.db_statement_timeout_ms,
+                            application_name="driftloop-service",
+                        )
+                    with self._conn:
+                        return action(self._conn)
+                except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                    broken = self._conn is None or self._conn.closed != 0
+                    if self._conn is not None and broken:
+                        self._conn = None
+                    if attempt == 1 and broken and not fresh:
+                        continue
+                    log.warning("feedback store unavailable: %s", str(exc).strip().splitlines()[0])
+                    raise _StoreDown from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @bentoml.api(route="/predict", input_spec=Request, output_spec=Prediction)
-    def predict(self, **features: Any) -> Prediction | JSONResponse:
-        """Score one subscriber; the response's ``request_id`` identifies it for feedback.
+    async def predict(self, **features: Any) -> Prediction | JSONResponse:
+        """Score one record; the response's ``request_id`` identifies it for feedback.
 
-        When the prediction cannot be recorded the answer is 503: a prediction that is not logged
-        could never be matched with its ground truth.
+        A 200 means the prediction is recorded (on its way to PostgreSQL through the worker's
+        spool); when it cannot be recorded the answer is 503 with ``Retry-After``.
         """
-        from training.evaluate import score
-        from training.store import PredictionRecord, record_predictions
+        from bentos.prediction_log import SpoolFull
+        from bentos.predictor import Overloaded
 
-        frame = pd.DataFrame([features])
-        probability = float(score(self.pipeline, self.spec, frame)[0])
-        prediction = Prediction(
-            request_id=uuid.uuid4().hex,
-            score=probability,
-            label=int(probability >= self.spec.model.threshold),
-            model_name=self.model_name,
-            model_version=self.model_version,
-        )
-        record = PredictionRecord(
-            request_id=prediction.request_id,
-            model_name=self.model_name,
-            model_version=self.model_version,
-            features=features,
-            score=prediction.score,
-            label=prediction.label,
-        )
         try:
-            self._write(lambda conn: record_predictions(conn, [record]))
-        except psycopg2.Error as exc:
-            return self._store_down(exc)
-        return prediction
+            return Prediction(**await self.predictor.predict_one(features))
+        except (Overloaded, SpoolFull) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+
+    @bentoml.api(
+        route="/predict_batch",
+        batchable=True,
+        max_batch_size=MAX_BATCH_SIZE,
+        max_latency_ms=MAX_LATENCY_MS,
+    )
+    async def predict_batch(self, records: list[Request]) -> list[Prediction]:
+        """Score up to ``DRIFTLOOP_BATCH_MAX_RECORDS`` (1,000) records; each gets its own
+        ``request_id`` and is recorded. Answers one prediction per record, in order; a larger
+        body answers 413 naming the limit."""
+        answers = self.predictor.predict_now(
+            [record.model_dump() for record in records], "predict_batch"
+        )
+        return [Prediction(**answer) for answer in answers]
+
+    def _record_feedback(self, items: list[FeedbackRequest]) -> list[FeedbackItemReceipt]:
+        """Store each label in one transaction; a label naming no stored prediction is reported
+        ``not_found``, after waiting for the workers' spools to reach PostgreSQL once.
+
+        Raises:
+            _StoreDown: the store did not answer.
+        """
+        from training.errors import NotFoundError
+        from training.store import record_feedback
+
+        def write(
+            chosen: list[FeedbackRequest],
+        ) -> Callable[[psycopg2.extensions.connection], list[FeedbackItemReceipt]]:
+            def action(conn: psycopg2.extensions.connection) -> list[FeedbackItemReceipt]:
+                receipts = []
+                for item in chosen:
+                    try:
+                        status: Any = record_feedback(conn, item.request_id, item.label).status
+                    except NotFoundError:
+                        status = "not_found"
+                    receipts.append(
+                        FeedbackItemReceipt(
+                            request_id=item.request_id, label=item.label, status=status
+                        )
+                    )
+                return receipts
+
+            return action
+
+        asked_at = time.time()
+        receipts = self._store(write(items))
+        missing = [i for i, r in enumerate(receipts) if r.status == "not_found"]
+        # The prediction may have been answered moments ago and still be in a spool.
+        if (
+            missing
+            and self.prediction_log is not None
+            and self.prediction_log.wait_stored(asked_at, FEEDBACK_WAIT_S)
+        ):
+            again = self._store(write([items[i] for i in missing]))
+            for index, receipt in zip(missing, again, strict=True):
+                receipts[index] = receipt
+        return receipts
 
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest, output_spec=FeedbackReceipt)
     def feedback(self, request_id: str, label: int) -> FeedbackReceipt | JSONResponse:
@@ -181,13 +343,50 @@ class ChurnService:
         An unknown ``request_id`` answers 404 with ``{"error": ...}``. The response is built here
         because BentoML 1.4 renders the body of a raised 4xx exception as a one-element list.
         """
-        from training.errors import NotFoundError
-        from training.store import record_feedback
-
         try:
-            outcome = self._write(lambda conn: record_feedback(conn, request_id, label))
-        except NotFoundError as exc:
-            return JSONResponse({"error": str(exc), "request_id": request_id}, status_code=404)
-        except psycopg2.Error as exc:
-            return self._store_down(exc)
-        return FeedbackReceipt(request_id=request_id, label=label, status=outcome.status)
+            (receipt,) = self._record_feedback(
+                [FeedbackRequest(request_id=request_id, label=label)]
+            )
+        except _StoreDown:
+            return _store_down()
+        if receipt.status == "not_found":
+            return JSONResponse(
+                {
+                    "error": f"no prediction with request_id {request_id!r}",
+                    "request_id": request_id,
+                },
+                status_code=404,
+            )
+        return FeedbackReceipt(request_id=request_id, label=label, status=receipt.status)
+
+    @bentoml.api(route="/feedback_batch", input_spec=FeedbackBatchRequest)
+    def feedback_batch(self, labels: list[FeedbackRequest]) -> list[FeedbackItemReceipt]:
+        """Record up to 1,000 labels in one transaction; one receipt per label, in order.
+
+        A label naming no stored prediction is reported ``not_found`` and the others are stored.
+        """
+        try:
+            return self._record_feedback(labels)
+        except _StoreDown:
+            # BentoML sends a Response as it is; the annotation stays the documented 200 body.
+            return cast(list[FeedbackItemReceipt], _store_down())
+
+
+class _ServedWithHotPath(bentoml.Service):  # type: ignore[misc]
+    """The service, with the prediction routes answered in front of BentoML's app.
+
+    ``bentoml serve`` builds each worker's ASGI app with ``Service.to_asgi``; BentoML offers no hook
+    in front of its own middlewares (``add_asgi_middleware`` adds one behind them), and its Service
+    is a slotted attrs class whose methods cannot be replaced on the instance, so the service object
+    becomes an instance of this subclass: same slots, same state, one method wrapped.
+    """
+
+    __slots__ = ()
+
+    def to_asgi(self, is_main: bool = True) -> Any:
+        from bentos.hotpath import HotPath
+
+        return HotPath(super().to_asgi(is_main), self)
+
+
+ChurnService.__class__ = _ServedWithHotPath  # type: ignore[method-assign]

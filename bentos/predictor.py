@@ -1,0 +1,243 @@
+"""Scoring and recording predictions: the fast scorer, BentoML's adaptive batching, the prediction log.
+
+One :class:`Predictor` per server worker. Single-record requests go through BentoML's own adaptive
+batching dispatcher (``CorkDispatcher``, configured by the ``predict_batch`` API's ``max_batch_size``
+and ``max_latency_ms``): requests that arrive while a batch is being scored are scored together as
+one matrix and answered one by one. A batch request is already a batch and is scored directly.
+
+Every prediction is written ahead to the worker's spool (:class:`~bentos.prediction_log.PredictionLog`)
+before its answer leaves: what a 200 carries is on local disk and reaches PostgreSQL in the
+background. When the spool is full the predictions are refused (:class:`SpoolFull`), never served
+unrecorded.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from training.store import PredictionRecord, encode_prediction
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Gauge
+
+    from bentos.prediction_log import PredictionLog
+    from training.scoring import FastScorer
+
+__all__ = ["Batching", "Overloaded", "Predictor"]
+
+log = logging.getLogger("driftloop.serve")
+Record = Mapping[str, Any]
+# One request's answers, or the error that request alone gets.
+_Answers = list[dict[str, Any]] | Exception
+
+
+class Overloaded(Exception):
+    """BentoML's dispatcher shed the request: its wait would pass ``max_latency_ms``."""
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Adaptive batching of single-record requests (BentoML's ``max_batch_size``/``max_latency_ms``)."""
+
+    max_batch_size: int
+    max_latency_ms: int
+
+
+@dataclass(frozen=True)
+class _Metrics:
+    batches: Counter
+    batched_records: Counter
+    predictions: Counter
+    spool_records: Gauge
+    spool_bytes: Gauge
+    lag: Gauge
+    store_ok: Gauge
+
+
+@functools.cache
+def _metrics() -> _Metrics:
+    # Made on first use, inside the worker: BentoML points prometheus_client at its multiprocess
+    # folder after the service module is imported, and a metric made before that is never exported.
+    from prometheus_client import Counter, Gauge
+
+    return _Metrics(
+        batches=Counter(
+            "driftloop_batches", "Batches of single-record predictions scored together"
+        ),
+        batched_records=Counter(
+            "driftloop_batched_records", "Single-record predictions scored in those batches"
+        ),
+        predictions=Counter(
+            "driftloop_predictions",
+            "Predictions served (and recorded), by model version and endpoint",
+            ["model_version", "endpoint"],
+        ),
+        spool_records=Gauge(
+            "driftloop_spool_records",
+            "Predictions in the workers' spools, not yet in PostgreSQL",
+            multiprocess_mode="livesum",
+        ),
+        spool_bytes=Gauge(
+            "driftloop_spool_bytes", "Bytes in the workers' spools", multiprocess_mode="livesum"
+        ),
+        lag=Gauge(
+            "driftloop_log_lag_seconds",
+            "Age of the oldest prediction not yet in PostgreSQL",
+            multiprocess_mode="livemax",
+        ),
+        store_ok=Gauge(
+            "driftloop_log_store_ok",
+            "1 when every worker's last write to PostgreSQL succeeded",
+            multiprocess_mode="livemin",
+        ),
+    )
+
+
+class Predictor:
+    """Scores records with the model's fast scorer and records each prediction before answering."""
+
+    def __init__(
+        self,
+        *,
+        scorer: FastScorer,
+        threshold: float,
+        model_name: str,
+        model_version: str,
+        prediction_log: PredictionLog | None,
+        batching: Batching,
+    ) -> None:
+        from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+        self.scorer = scorer
+        self.threshold = threshold
+        self.model_name = model_name
+        self.model_version = model_version
+        self.log = prediction_log
+        self.batching = batching
+        self._metrics = _metrics()
+        self._served = {
+            endpoint: self._metrics.predictions.labels(model_version, endpoint)
+            for endpoint in ("predict", "predict_batch")
+        }
+        dispatcher: CorkDispatcher[list[Record], _Answers] = CorkDispatcher(
+            max_latency_in_ms=batching.max_latency_ms,
+            max_batch_size=batching.max_batch_size,
+            fallback=self._shed,
+            get_batch_size=len,
+            batch_dim=(0, 0),
+        )
+        self._submit = dispatcher(self._score_batches)
+        self._dispatcher = dispatcher
+        self._stop = threading.Event()
+        self._gauges = threading.Thread(target=self._publish_log_stats, daemon=True)
+        self._gauges.start()
+
+    @staticmethod
+    def _shed() -> _Answers:
+        raise Overloaded("the service is overloaded")
+
+    def predict_now(self, records: Sequence[Record], endpoint: str) -> list[dict[str, Any]]:
+        """Score ``records`` as one matrix, write them ahead to the spool, return the answers.
+
+        Raises:
+            SpoolFull: the spool has no room; nothing was recorded or served.
+            ValueError: a record the model cannot score (the message names the feature).
+        """
+        scores = self.scorer.score(records)
+        served_at = datetime.now(UTC)
+        answers: list[dict[str, Any]] = []
+        lines: list[bytes] = []
+        for record, value in zip(records, scores.tolist(), strict=True):
+            request_id = uuid.uuid4().hex
+            label = int(value >= self.threshold)
+            answers.append(
+                {
+                    "request_id": request_id,
+                    "score": value,
+                    "label": label,
+                    "model_name": self.model_name,
+                    "model_version": self.model_version,
+                }
+            )
+            lines.append(
+                encode_prediction(
+                    PredictionRecord(
+                        request_id=request_id,
+                        model_name=self.model_name,
+                        model_version=self.model_version,
+                        features=dict(record),
+                        score=value,
+                        label=label,
+                        created_at=served_at,
+                    )
+                )
+            )
+        if self.log is not None:
+            self.log.append(b"".join(lines), len(lines))
+        self._served[endpoint].inc(len(answers))
+        return answers
+
+    async def _score_batches(self, batches: Sequence[list[Record]]) -> list[_Answers]:
+        # BentoML's dispatcher hands over the waiting requests (one record each) and gives each
+        # caller its own item of the result; an exception item is raised to that caller alone.
+        flat = [record for batch in batches for record in batch]
+        try:
+            answers = self.predict_now(flat, "predict")
+        except ValueError:
+            # A record the model cannot score must fail its own request, not its batch-mates'.
+            return [self._score_alone(batch) for batch in batches]
+        self._metrics.batches.inc()
+        self._metrics.batched_records.inc(len(flat))
+        out: list[_Answers] = []
+        start = 0
+        for batch in batches:
+            out.append(answers[start : start + len(batch)])
+            start += len(batch)
+        return out
+
+    def _score_alone(self, batch: list[Record]) -> _Answers:
+        try:
+            return self.predict_now(batch, "predict")
+        except ValueError as exc:
+            return exc
+
+    async def predict_one(self, record: Record) -> dict[str, Any]:
+        """Score one record through BentoML's adaptive batching.
+
+        Raises:
+            Overloaded: the dispatcher shed it (its wait would pass ``max_latency_ms``).
+            SpoolFull: the spool has no room.
+        """
+        answers = await self._submit([record])
+        # The dispatcher raises an exception item itself, and its fallback raises: neither is here.
+        assert isinstance(answers, list)
+        return answers[0]
+
+    def ready(self) -> bool:
+        """Ready while predictions can be recorded: to PostgreSQL, or to the spool while it has room."""
+        return self.log is None or self.log.has_room()
+
+    def _publish_log_stats(self) -> None:
+        while not self._stop.wait(1.0):
+            if self.log is None:
+                continue
+            stats = self.log.stats()
+            self._metrics.spool_records.set(stats.spooled_records)
+            self._metrics.spool_bytes.set(stats.spooled_bytes)
+            self._metrics.lag.set(stats.lag_s)
+            self._metrics.store_ok.set(1 if stats.store_ok else 0)
+
+    def close(self, timeout_s: float) -> bool:
+        """Stop batching and flush the spool to PostgreSQL; True when nothing is left in it."""
+        self._stop.set()
+        self._dispatcher.shutdown()
+        if self.log is None:
+            return True
+        return self.log.close(timeout_s)
