@@ -10,7 +10,7 @@ export BENTOML_DO_NOT_TRACK ?= true
 PORT ?= 3000
 AIRFLOW_PORT ?= 8080
 
-.PHONY: help setup demo serve airflow retrain status image image-tools test lint typecheck check stop clean
+.PHONY: help setup demo serve airflow retrain status image image-tools bench-serving test lint typecheck check stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,13 @@ image-tools: ## install buildah, podman, runc and debootstrap (Debian/Ubuntu, as
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q --no-install-recommends buildah podman runc debootstrap debian-archive-keyring; \
 	else echo "buildah, podman, runc and debootstrap are installed"; fi
+
+bench-serving: ## our Bento against a FastAPI peer under wrk, with a verdict per target (BENCH_ARGS=--quick|--duration N)
+	@command -v wrk >/dev/null || { \
+	  echo "installing: wrk"; \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q --no-install-recommends wrk; }
+	$(UV) run --frozen python bench/serving.py $(BENCH_ARGS)
 
 test: ## the test suite: unit, DAG, model and integration tiers (real PostgreSQL, Airflow, bentoml serve)
 	$(UV) run --frozen pytest
