@@ -61,14 +61,15 @@ LogRow = tuple[str, str, str, Mapping[str, Any], float, int, datetime]
 
 
 def make_scorer(pipeline: Pipeline, spec: ModelSpec) -> tuple[Scorer, str]:
-    """The scorer the peer uses, and its name: ``training.scoring.FastScorer`` when it exists (so
-    both servers pay the same scoring cost), else the LightGBM booster called directly."""
+    """The scorer the peer uses, and its name: ``training.scoring.FastScorer`` on one LightGBM
+    thread per worker, as our service compiles it (so both servers pay the same scoring cost), else
+    the LightGBM booster called directly."""
     try:
         from training.scoring import FastScorer  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return _booster_scorer(pipeline, spec)
-    scorer = FastScorer.compile(pipeline, spec)
-    return scorer.score, "FastScorer"
+    scorer = FastScorer.compile(pipeline, spec, num_threads=1)
+    return scorer.score, "FastScorer, 1 thread"
 
 
 def _booster_scorer(pipeline: Pipeline, spec: ModelSpec) -> tuple[Scorer, str]:
@@ -104,9 +105,9 @@ def _booster_scorer(pipeline: Pipeline, spec: ModelSpec) -> tuple[Scorer, str]:
                     row[j] = codes[name].get(value, -1.0) if value is not None else -1.0
                 else:
                     row[j] = np.nan if value is None else value
-        return np.asarray(booster.predict(matrix), dtype="float64")
+        return np.asarray(booster.predict(matrix, num_threads=1), dtype="float64")
 
-    return score_records, "LightGBM booster"
+    return score_records, "LightGBM booster, 1 thread"
 
 
 # --- logging: COPY text written by hand ---------------------------------------------------------
