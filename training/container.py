@@ -875,4 +875,6 @@ def smoke_test(
                 raise DriftloopError(f"{image} serves as root; BentoML's image should use its user")
             return SmokeResult(image=image, ready_seconds=ready, model_version=version, uid=uid)
         finally:
+            # A graceful stop first: SIGTERM writes the container's prediction spool to the store.
+            _run([runner, "stop", "--time", "30", name], env, timeout=120)
             _run([runner, "rm", "--force", name], env, timeout=120)
