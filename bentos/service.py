@@ -11,6 +11,7 @@ runs in front of BentoML's app in the same worker; ``/feedback`` and every other
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -206,6 +207,10 @@ class ChurnService:
             ),
         )
         hotpath.bind(self.predictor, settings.batch_max_records)
+        # Everything loaded so far (BentoML, pandas, the model) lives as long as the worker: moved
+        # out of the collector's sight, full collections stop scanning it on the request path.
+        gc.collect()
+        gc.freeze()
 
     @bentoml.on_shutdown
     def close(self) -> None:
