@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -193,40 +193,41 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=STOP_TIMEOUT_S)
 
 
+@contextmanager
+def bento_server(
+    bento_tag: str, home: Path, env: Mapping[str, str], log: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``bentoml serve <bento_tag>`` on a free port of 127.0.0.1, in a session of its own, with
+    ``env`` and ``home`` as its working dir, its output appended to ``log``; yields its URL and
+    process once ``/readyz`` answers, and stops it and its workers after."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "bentoml", "serve", bento_tag, "--host", "127.0.0.1"]
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**env, "PYTHONUNBUFFERED": "1"},
+            cwd=home,
+            start_new_session=True,
+        )
+    try:
+        _wait_ready(url, process, log)
+        yield url, process
+    finally:
+        _stop(process)
+
+
 @pytest.fixture(scope="module")
 def served(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The champion's Bento served on a free port of 127.0.0.1 for the whole module."""
     home = tmp_path_factory.mktemp("service-home")
     with champion_environment(server_url, home) as champion:
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
         log = home / "serve.log"
-        env = os.environ | {"PYTHONUNBUFFERED": "1"}
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bentoml",
-                    "serve",
-                    champion.bento_tag,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=home,
-                start_new_session=True,
-            )
-        try:
-            _wait_ready(url, process, log)
+        with bento_server(champion.bento_tag, home, os.environ, log) as (url, process):
             yield Served(champion=champion, url=url, log=log, process=process)
-        finally:
-            _stop(process)
 
 
 @pytest.fixture(scope="module")

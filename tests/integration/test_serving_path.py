@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,9 +29,7 @@ import pytest
 from tests.integration.test_service import (
     EXAMPLE,
     Champion,
-    _free_port,
-    _stop,
-    _wait_ready,
+    bento_server,
     champion_environment,
     count,
     query,
@@ -120,42 +117,14 @@ class Server:
 def serving(champion: Champion, store: Store, home: Path, **settings: str) -> Iterator[Server]:
     """Serve the champion's Bento on a free port with ``DRIFTLOOP_*`` ``settings``; stop it after."""
     home.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = home / f"serve-{port}.log"
     env = os.environ | {
-        "PYTHONUNBUFFERED": "1",
         "DRIFTLOOP_HOME": str(home),
         "DRIFTLOOP_DATABASE_URL": store.url,
         **{f"DRIFTLOOP_{k.upper()}": v for k, v in settings.items()},
     }
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bentoml",
-                "serve",
-                champion.bento_tag,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=home,
-            start_new_session=True,
-        )
-    server = Server(url=url, home=home, log=log, process=process, env=env)
-    try:
-        _wait_ready(url, process, log)
-        yield server
-    finally:
-        if process.poll() is None:
-            _stop(process)
+    log = home / "serve.log"
+    with bento_server(champion.bento_tag, home, env, log) as (url, process):
+        yield Server(url=url, home=home, log=log, process=process, env=env)
 
 
 class Load:
