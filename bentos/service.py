@@ -1,8 +1,12 @@
 """The model as a Bento service: typed prediction APIs, loss-free prediction logging, and feedback.
 
-``bentoml serve bentos.service:ChurnService --arg model_tag=churn:<version>`` serves a model from the
-local store; a built Bento carries the champion it was built for (the ``model_tag`` build argument)
-and serves it with ``bentoml serve churn_service:<version>``.
+``bentoml serve bentos.service:ChurnService --arg model_tag=<name>:<version>`` serves a model from
+the local store; a built Bento carries the model it was built for (the ``model_tag`` build argument)
+and serves it with ``bentoml serve <name>_service:<version>``. The request schema, the service's name
+and its labels come from the spec saved with that model, never from ``DRIFTLOOP_MODEL_SPEC``: that
+variable (or the built-in churn spec) only names the default model, ``<its name>:latest``, of an
+unbuilt ``bentoml serve bentos.service:ChurnService``. (The class keeps the name ``ChurnService``
+whatever the model; BentoML names the service, and the Bento, from ``name=`` below.)
 
 ``/predict`` and ``/predict_batch`` are declared here (the OpenAPI document, ``bentoml.SyncHTTPClient``
 and in-process calls use these declarations) and answered over HTTP by :mod:`bentos.hotpath`, which
@@ -26,14 +30,63 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from starlette.responses import JSONResponse
 
-from training.spec import BUILTIN_SPEC, ModelSpec, load_spec
+from training.registry import SPEC_FILE
+from training.spec import ModelSpec, load_spec
 
-# The request schema must exist when the class is defined; reading one YAML file is all it costs.
-SPEC = load_spec(
-    Path(os.environ["DRIFTLOOP_MODEL_SPEC"])
-    if os.environ.get("DRIFTLOOP_MODEL_SPEC")
-    else BUILTIN_SPEC
-)
+
+def _dev_model_tag() -> str:
+    """The default model of an unbuilt service: the latest of the spec driftloop is set to."""
+    path = os.environ.get("DRIFTLOOP_MODEL_SPEC")
+    return f"{load_spec(Path(path) if path else None).name}:latest"
+
+
+class BuildArgs(BaseModel):
+    # A factory, so that a built Bento (which always carries its model_tag) never reads a spec file.
+    model_tag: str = Field(default_factory=_dev_model_tag)
+
+
+ARGS = bentoml.use_arguments(BuildArgs)
+
+
+def _model_spec(model_tag: str) -> ModelSpec:
+    """The spec saved with the model (``training.registry.save_model``), read from BentoML's model
+    store (a built Bento's own models when serving one).
+
+    Raises:
+        bentoml.exceptions.NotFound: the model is not in the store, or was saved without its spec.
+        bentoml.exceptions.InvalidArgument: the saved spec is not a valid spec.
+    """
+    from bentoml.exceptions import InvalidArgument, NotFound
+    from pydantic import ValidationError
+
+    try:
+        model = bentoml.models.get(model_tag)
+    except (NotFound, StopIteration):
+        # A ``:latest`` of a name with no model at all ends in StopIteration inside BentoML.
+        raise NotFound(
+            f"model {model_tag} is not in the BentoML model store: train one first "
+            "(`driftloop demo` or the retrain DAG), or pass another with "
+            "`--arg model_tag=<name>:<version>` (`bentoml models list` shows them)"
+        ) from None
+    path = Path(model.path_of(SPEC_FILE))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError:
+        raise NotFound(
+            f"model {model.tag} has no {SPEC_FILE}, so its request schema is unknown: serve a "
+            "model saved by driftloop's training (training.registry.save_model)"
+        ) from None
+    try:
+        return ModelSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidArgument(
+            f"model {model.tag}: its {SPEC_FILE} is not a valid model spec ({exc.error_count()} "
+            f"errors, first: {exc.errors()[0]['msg']}); retrain it with this version of driftloop"
+        ) from None
+
+
+# The request schema must exist when the class is defined: it is the served model's own.
+SPEC = _model_spec(ARGS.model_tag)
 
 log = logging.getLogger("driftloop.serve")
 T = TypeVar("T")
@@ -65,13 +118,6 @@ Request = create_model(
     __base__=SPEC.request_model,
     __validators__={"refuse_nul": field_validator("*")(_refuse_nul)},
 )
-
-
-class BuildArgs(BaseModel):
-    model_tag: str = f"{SPEC.name}:latest"
-
-
-ARGS = bentoml.use_arguments(BuildArgs)
 
 
 class Prediction(BaseModel):

@@ -307,16 +307,40 @@ def _champion_bento(settings: Settings, url: str) -> tuple[str, str, int]:
     return current.tag, current.bento_tag, current.version
 
 
+def _bento_model_tag(bento_tag: str) -> str:
+    """The tag of the model a Bento serves: its ``model_tag`` build argument.
+
+    Raises:
+        NotFoundError: no such Bento in the store, or it was not built by driftloop.
+    """
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    from training.errors import NotFoundError
+
+    try:
+        bento = bentoml.get(bento_tag)
+    except NotFound as exc:
+        raise NotFoundError(
+            f"no Bento {bento_tag} in the BentoML store (`bentoml list` shows them)"
+        ) from exc
+    model_tag = bento.info.args.get("model_tag")
+    if not isinstance(model_tag, str) or not model_tag:
+        raise NotFoundError(
+            f"Bento {bento.tag} carries no model_tag argument; build it with driftloop "
+            "(or `bentoml build --arg model_tag=<name>:<version>`)"
+        )
+    return model_tag
+
+
 def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
-    from training import container
-    from training.spec import load_spec
+    from training import container, registry
 
     step = Progress()
     url = _store(settings)
     if args.bento:
-        # A Bento's version is its model's version (driftloop builds them that way).
         bento_tag = args.bento
-        model_tag = f"{load_spec(settings.model_spec).name}:{bento_tag.partition(':')[2]}"
+        model_tag = _bento_model_tag(bento_tag)
     else:
         model_tag, bento_tag, _ = _champion_bento(settings, url)
     backend = container.resolve_backend(args.backend or settings.image_backend, dict(os.environ))
@@ -336,7 +360,9 @@ def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
     )
     container.record_image(url, model_tag, built)
     if args.check:
-        request = load_spec(settings.model_spec).example_request()
+        # The Bento's own model's spec: the environment may describe another model.
+        _, spec = registry.load_model(model_tag)
+        request = spec.example_request()
         smoke = container.smoke_test(
             settings, built.image, url, request, backend=backend, progress=step
         )
