@@ -457,6 +457,30 @@ def test_concurrent_predictions_all_succeed_and_all_are_stored(served: Served) -
     assert settled(url) == before + len(requests)
 
 
+def test_batch_endpoints_through_bentomls_client(
+    served: Served, client: bentoml.SyncHTTPClient
+) -> None:
+    """BentoML's generated client calls /predict_batch (answers in order, one request id each, all
+    stored) and /feedback_batch (a receipt per label, unknown ids reported, not failed)."""
+    from training.synthetic import generate
+
+    records = [
+        {str(k): v for k, v in row.items()}
+        for row in generate(5, seed=4)[load_spec().feature_names].to_dict(orient="records")
+    ]
+
+    answers = client.predict_batch(records=records)
+
+    assert [a["model_version"] for a in answers] == [served.champion.version] * 5
+    ids = [a["request_id"] for a in answers]
+    rows = stored(served.champion.database_url, ids)
+    assert [rows[i][0] for i in ids] == records
+    receipts = client.feedback_batch(
+        labels=[{"request_id": ids[0], "label": 1}, {"request_id": "ghost", "label": 0}]
+    )
+    assert [r["status"] for r in receipts] == ["created", "not_found"]
+
+
 def test_server_log_shows_no_server_error(served: Served) -> None:
     """After everything above (run last), the server log has no 5xx line: every refusal was a 4xx.
     BentoML's access log covers its own routes (a last request's span id is awaited in it first,
