@@ -10,34 +10,29 @@ request path gets :class:`SpoolFull`), and are replayed in order, without duplic
 back. A worker that dies leaves its directory behind; another worker (or the next start) adopts
 and drains it.
 
-Layout under the spool root::
-
-    <pid>-<random>/          one per live (or dead, not yet adopted) worker, mode 0700
-        lock                 flock'ed by the owner for its whole life
-        <time_ns>-<seq>.copy segments of COPY text lines; the name sorts by creation and carries
-                             its creation time (wall clock, nanoseconds)
-    rejected/                what PostgreSQL refused or what was cut short: kept, never retried
+This module holds the writer: :class:`PredictionLog` (appends, the writer thread, COPY, the
+connection, backoff, the store's state, stats) and its errors. The files it writes and reads (owner
+directories and their locks, segments, ``rejected/``, adoption) are :mod:`bentos.spool`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import re
-import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import psycopg2
 
+from bentos import spool
 from training.errors import DriftloopError
 from training.store import Connection, copy_predictions, service_connection
 
@@ -45,14 +40,6 @@ __all__ = ["LogStats", "PredictionLog", "SpoolClosed", "SpoolFull"]
 
 log = logging.getLogger(__name__)
 
-_LOCK_FILE = "lock"
-_REJECTED_DIR = "rejected"
-_OWNER_NAME = re.compile(r"\d+-[0-9a-f]{8}")
-# An owner directory is made under this name, locked, then renamed: no worker ever sees an owner
-# directory whose lock is not yet held (and mistakes a starting worker for a dead one).
-_CREATING_NAME = re.compile(r"\.\d+-[0-9a-f]{8}\.creating")
-_SEGMENT_NAME = re.compile(r"(\d{20})-\d+\.copy")
-_SEGMENT_SUFFIX = ".copy"
 _APPLICATION_NAME = "driftloop-prediction-log"
 
 _BACKOFF_FIRST_S = 0.2
@@ -64,12 +51,9 @@ _ORPHAN_BUDGET_S = 1.0
 # Segments are COPYed in statements of at most this many bytes: a segment that grew during a long
 # outage must not run into the statement timeout, and a bad line is searched for in one chunk only.
 _CHUNK_BYTES = 4 << 20
-_TAIL_SCAN_BYTES = 1 << 16
 # Readiness goes false before appends start failing, so a load balancer can steer away first.
 _READY_FILL = 0.9
 _WAIT_POLL_S = 0.01
-# A ".creating" directory older than this, with no lock held, is a worker that died while starting.
-_STALE_CREATING_S = 60.0
 # A segment name's time and a caller's wall-clock time can round differently; waiting for one more
 # segment is harmless, missing one is not.
 _SINCE_SLACK_NS = 1_000
@@ -120,13 +104,6 @@ class _Segment:
     records: int = 0
     # Monotonic time of the segment's first record (0 while empty): the lag of what is in it.
     first_append: float = 0.0
-
-
-@dataclass
-class _Orphan:
-    directory: Path
-    lock_fd: int
-    segments: deque[Path] = field(default_factory=deque)
 
 
 class PredictionLog:
@@ -191,7 +168,7 @@ class PredictionLog:
         self._conn: Connection | None = None
         self._down_since = time.monotonic()
         self._stored_when_down = 0
-        self._orphans: dict[Path, _Orphan] = {}
+        self._orphans: dict[Path, spool.Orphan] = {}
         self._thread: threading.Thread | None = None
 
     @property
@@ -208,17 +185,7 @@ class PredictionLog:
         """
         if self._thread is not None:
             raise RuntimeError("the prediction log is already started")
-        self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        owner = f"{os.getpid()}-{secrets.token_hex(4)}"
-        creating = self._root / f".{owner}.creating"
-        creating.mkdir(mode=0o700)
-        lock_fd = os.open(
-            creating / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-        )
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        directory = self._root / owner
-        os.rename(creating, directory)
-        self._dir, self._lock_fd = directory, lock_fd
+        self._dir, self._lock_fd = spool.create_owner_directory(self._root)
         fd, segment = self._new_segment()
         with self._lock:
             self._active, self._active_fd = segment, fd
@@ -318,7 +285,7 @@ class PredictionLog:
         deadline = time.monotonic() + timeout_s
         self._scan_soon = True
         self._wake.set()
-        while self._unstored_before(limit_ns):
+        while spool.unstored_before(self._root, limit_ns):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -440,9 +407,7 @@ class PredictionLog:
         if directory is not None:
             if empty:
                 try:
-                    for path in directory.iterdir():
-                        path.unlink()
-                    directory.rmdir()
+                    spool.remove_owner_directory(directory)
                 except OSError as exc:
                     log.warning(
                         "prediction log: could not remove the empty spool %s: %s",
@@ -463,9 +428,8 @@ class PredictionLog:
     def _new_segment(self) -> tuple[int, _Segment]:
         assert self._dir is not None
         self._seq += 1
-        path = self._dir / f"{time.time_ns():020d}-{self._seq:06d}{_SEGMENT_SUFFIX}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-        return os.open(path, flags, 0o600), _Segment(path)
+        fd, path = spool.open_segment(self._dir, self._seq)
+        return fd, _Segment(path)
 
     def _seal(self) -> None:
         # Only the writer empties the active segment, so this unlocked look cannot miss records for
@@ -578,7 +542,7 @@ class PredictionLog:
                 with self._lock:
                     self._stored_total += stored
         if refused:
-            kept = self._set_aside(f"{path.parent.name}-{path.name}", b"".join(refused))
+            kept = spool.set_aside(self._root, spool.rejected_name(path), b"".join(refused))
             with self._lock:
                 self._rejected_total += len(refused)
             log.error(
@@ -621,98 +585,26 @@ class PredictionLog:
 
     def _keep_whole_lines(self, source: IO[bytes], path: Path) -> int:
         """The size of the segment's whole lines; an incomplete last line is moved aside."""
-        size = source.seek(0, os.SEEK_END)
-        if not size:
-            return 0
-        source.seek(size - 1)
-        if source.read(1) == b"\n":
-            return size
-        cut = 0
-        end = size
-        while end > 0:
-            start = max(0, end - _TAIL_SCAN_BYTES)
-            source.seek(start)
-            found = source.read(end - start).rfind(b"\n")
-            if found >= 0:
-                cut = start + found + 1
-                break
-            end = start
-        source.seek(cut)
-        kept = self._set_aside(f"{path.parent.name}-{path.name}.partial", source.read())
-        source.truncate(cut)
-        log.warning(
-            "prediction log: spool segment %s ended in an incomplete line (%d bytes, an "
-            "interrupted write); it is kept in %s, the whole lines are stored",
-            path.name,
-            size - cut,
-            kept,
-        )
-        return cut
-
-    def _set_aside(self, name: str, data: bytes) -> Path:
-        folder = self._root / _REJECTED_DIR
-        folder.mkdir(mode=0o700, exist_ok=True)
-        path = folder / name
-        # Appending: a replay after a crash may set the same lines aside again, which is harmless;
-        # overwriting could lose some. Synced, since the source is deleted or cut next.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return path
+        whole = spool.keep_whole_lines(self._root, source, path)
+        if whole.cut:
+            log.warning(
+                "prediction log: spool segment %s ended in an incomplete line (%d bytes, an "
+                "interrupted write); it is kept in %s, the whole lines are stored",
+                path.name,
+                whole.cut,
+                whole.kept,
+            )
+        return whole.size
 
     def _adopt_orphans(self) -> None:
         """Lock the spool directories of dead workers (their lock is free) for draining."""
-        try:
-            entries = list(os.scandir(self._root))
-        except FileNotFoundError:
-            return
-        for entry in entries:
-            path = Path(entry.path)
-            if path == self._dir or path in self._orphans or not entry.is_dir():
-                continue
-            if _OWNER_NAME.fullmatch(entry.name):
-                fd = _try_lock(path / _LOCK_FILE)
-                if fd is None:
-                    continue
-                try:
-                    segments = sorted(p for p in path.iterdir() if _SEGMENT_NAME.fullmatch(p.name))
-                except FileNotFoundError:  # drained and removed by another worker just now
-                    os.close(fd)
-                    continue
-                self._orphans[path] = _Orphan(path, fd, deque(segments))
-                log.info(
-                    "prediction log: adopting the spool of stopped worker %s (%d segments)",
-                    entry.name,
-                    len(segments),
-                )
-            elif _CREATING_NAME.fullmatch(entry.name):
-                self._remove_stale_creating(path)
-
-    @staticmethod
-    def _remove_stale_creating(path: Path) -> None:
-        try:
-            if time.time() - path.stat().st_mtime < _STALE_CREATING_S:
-                return
-        except FileNotFoundError:
-            return
-        lock = path / _LOCK_FILE
-        fd = _try_lock(lock)
-        if fd is None and lock.exists():
-            return  # held: a live worker between locking and renaming (a very slow one)
-        try:
-            # It never got past creating: there is nothing in it but the lock file.
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()
-            with contextlib.suppress(OSError):
-                path.rmdir()
-        finally:
-            if fd is not None:
-                os.close(fd)
+        for orphan in spool.adopt_orphans(self._root, self._dir, self._orphans):
+            self._orphans[orphan.directory] = orphan
+            log.info(
+                "prediction log: adopting the spool of stopped worker %s (%d segments)",
+                orphan.directory.name,
+                len(orphan.segments),
+            )
 
     def _drain_orphans(self, deadline: float) -> bool:
         """Store adopted segments until ``deadline``; return whether some are left."""
@@ -725,55 +617,16 @@ class PredictionLog:
             self._release_orphan(orphan, remove=True)
         return False
 
-    def _release_orphan(self, orphan: _Orphan, *, remove: bool) -> None:
+    def _release_orphan(self, orphan: spool.Orphan, *, remove: bool) -> None:
         del self._orphans[orphan.directory]
         try:
-            if remove:
-                # The lock file goes first, while it is still held: whoever opens it afterwards
-                # finds no directory to drain.
-                (orphan.directory / _LOCK_FILE).unlink()
-                orphan.directory.rmdir()
+            spool.release_orphan(orphan, remove=remove)
         except OSError as exc:
             log.warning(
                 "prediction log: could not remove the drained spool %s: %s",
                 orphan.directory,
                 exc.strerror,
             )
-        finally:
-            os.close(orphan.lock_fd)
-
-    def _unstored_before(self, limit_ns: int) -> bool:
-        try:
-            owners = [e.path for e in os.scandir(self._root) if _OWNER_NAME.fullmatch(e.name)]
-        except FileNotFoundError:
-            return False
-        for owner in owners:
-            try:
-                entries = list(os.scandir(owner))
-            except FileNotFoundError:
-                continue
-            for entry in entries:
-                match = _SEGMENT_NAME.fullmatch(entry.name)
-                if match is None or int(match.group(1)) > limit_ns:
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    if entry.stat().st_size:
-                        return True
-        return False
-
-
-def _try_lock(path: Path) -> int | None:
-    """An open, exclusively locked descriptor of ``path``; None when it is missing or held."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def _chunks(source: IO[bytes], size: int) -> Iterator[bytes]:
