@@ -26,6 +26,7 @@ from typing import Any
 
 import bentoml
 import httpx
+import psutil
 import pytest
 
 from training.spec import load_spec
@@ -180,16 +181,41 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     )
 
 
+def server_processes(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """The server and its live descendants (BentoML's supervisor, circusd, and its workers).
+
+    They run in sessions of their own, so killing the server's process group does not reach
+    them, and once the server is gone they are nobody's children: take them while it lives.
+    """
+    try:
+        leader = psutil.Process(process.pid)
+        return [leader, *leader.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_server(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the server and all its processes at once, as a crash or the OOM killer would."""
+    victims = server_processes(process)
+    for victim in victims:
+        with suppress(psutil.Error):
+            victim.kill()
+    psutil.wait_procs(victims, timeout=STOP_TIMEOUT_S)
+    process.wait(timeout=STOP_TIMEOUT_S)
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop the server and its workers: the process group it leads (its own session), by its id."""
+    """Stop the server: SIGTERM to it (BentoML stops its workers, which write their spools), then
+    SIGKILL to whatever of its process tree is still alive."""
+    tree = server_processes(process)
     with suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     with suppress(subprocess.TimeoutExpired):
         process.wait(timeout=STOP_TIMEOUT_S)
-    # Whatever of the group is still alive (a stuck worker, or the workers of a server that died
-    # on its own) is killed.
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+    for straggler in tree:
+        with suppress(psutil.Error):
+            straggler.kill()
+    psutil.wait_procs(tree, timeout=STOP_TIMEOUT_S)
     process.wait(timeout=STOP_TIMEOUT_S)
 
 
