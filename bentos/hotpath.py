@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from pydantic_core import from_json, to_json
+from starlette.responses import JSONResponse
 
+from bentos.prediction_log import SpoolFull
 from bentos.predictor import Overloaded
 
 if TYPE_CHECKING:
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
     from bentos.predictor import Predictor
 
-__all__ = ["HotPath", "bind"]
+__all__ = ["HotPath", "Refusal", "bind", "refusal"]
 
 log = logging.getLogger("driftloop.serve")
 
@@ -57,12 +59,18 @@ def bind(predictor: Predictor | None, max_records: int) -> None:
     _max_records = max_records
 
 
-class _Refusal(Exception):
+class Refusal(Exception):
+    """An answer other than 200: its status, JSON body and headers."""
+
     def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None):
         super().__init__(body.get("error", ""))
         self.status = status
         self.body = body
         self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        """The same answer as a Starlette response, for BentoML's API methods to return."""
+        return JSONResponse(self.body, status_code=self.status, headers=self.headers)
 
 
 def _media_type(scope: Scope) -> str:
@@ -84,15 +92,15 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _Refusal(413, {"error": f"request body over {limit} bytes"})
+            raise Refusal(413, {"error": f"request body over {limit} bytes"})
         chunks.append(chunk)
         more = message.get("more_body", False)
     return b"".join(chunks)
 
 
-def _validation_error(exc: ValidationError) -> _Refusal:
+def _validation_error(exc: ValidationError) -> Refusal:
     # BentoML's own shape for a 400 (``api_endpoint_wrapper``), so both paths answer alike.
-    return _Refusal(
+    return Refusal(
         400,
         {
             "error": f"{exc.error_count()} validation error for {exc.title}",
@@ -123,7 +131,7 @@ class HotPath:
         status = 200
         try:
             if _media_type(scope) != "application/json":
-                raise _Refusal(
+                raise Refusal(
                     415,
                     {"error": f"send the body as application/json, not {_media_type(scope)}"},
                 )
@@ -131,7 +139,7 @@ class HotPath:
             body = await _read_body(receive, limit)
             payload = await handler(predictor, body)
             headers: dict[str, str] = {}
-        except _Refusal as refusal:
+        except Refusal as refusal:
             status, payload, headers = refusal.status, refusal.body, refusal.headers
         except ConnectionResetError:
             return
@@ -166,8 +174,6 @@ class HotPath:
             )
 
     async def _predict(self, predictor: Predictor, body: bytes) -> dict[str, Any]:
-        from bentos.prediction_log import SpoolFull
-
         try:
             parsed = self.single.model_validate_json(body or b"{}")
         except ValidationError as exc:
@@ -176,18 +182,10 @@ class HotPath:
         features: dict[str, Any] = parsed.__dict__
         try:
             return await predictor.predict_one(features)
-        except Overloaded:
-            raise _Refusal(
-                503, {"error": "the service is overloaded; retry later"}, {"Retry-After": "1"}
-            ) from None
-        except SpoolFull:
-            raise _spool_full() from None
-        except ValueError as exc:
-            raise _unscorable(exc) from None
+        except (Overloaded, SpoolFull, ValueError) as exc:
+            raise refusal(exc) from None
 
     async def _predict_batch(self, predictor: Predictor, body: bytes) -> list[dict[str, Any]]:
-        from bentos.prediction_log import SpoolFull
-
         # Count before validating: a body over the limit is refused as such, whatever it holds.
         try:
             raw = from_json(body or b"{}")
@@ -195,7 +193,7 @@ class HotPath:
             raw = None  # malformed JSON: validation below names the problem
         if isinstance(raw, dict) and isinstance(raw.get("records"), list):
             if len(raw["records"]) > _max_records:
-                raise _Refusal(
+                raise Refusal(
                     413,
                     {
                         "error": f"at most {_max_records} records per request, got "
@@ -203,7 +201,7 @@ class HotPath:
                     },
                 )
             if not raw["records"]:
-                raise _Refusal(400, {"error": "records is empty; send at least one record"})
+                raise Refusal(400, {"error": "records is empty; send at least one record"})
         try:
             parsed = self.batch.model_validate_json(body or b"{}")
         except ValidationError as exc:
@@ -211,24 +209,26 @@ class HotPath:
         records = [record.__dict__ for record in parsed.records]
         try:
             return predictor.predict_now(records, "predict_batch")
-        except SpoolFull:
-            raise _spool_full() from None
-        except ValueError as exc:
-            raise _unscorable(exc) from None
+        except (SpoolFull, ValueError) as exc:
+            raise refusal(exc) from None
 
 
-def _unscorable(exc: ValueError) -> _Refusal:
+def refusal(exc: Overloaded | SpoolFull | ValueError) -> Refusal:
+    """The answer to a prediction that could not be served; nothing of it was recorded. Both the
+    hot path and the service's own API methods answer with it, so the contract is one."""
+    if isinstance(exc, Overloaded):
+        return Refusal(
+            503, {"error": "the service is overloaded; retry later"}, {"Retry-After": "1"}
+        )
+    if isinstance(exc, SpoolFull):
+        return Refusal(
+            503,
+            {
+                "error": "predictions cannot be recorded now (the store is unreachable and this "
+                "worker's spool is full); nothing was recorded, retry later"
+            },
+            {"Retry-After": "30"},
+        )
     # Valid by the schema, yet not scorable by this model (a missing number for a family that
-    # cannot take one): the message names the feature; nothing was recorded.
-    return _Refusal(400, {"error": f"the model cannot score this request: {exc}"})
-
-
-def _spool_full() -> _Refusal:
-    return _Refusal(
-        503,
-        {
-            "error": "predictions cannot be recorded now (the store is unreachable and this "
-            "worker's spool is full); nothing was recorded, retry later"
-        },
-        {"Retry-After": "30"},
-    )
+    # cannot take one): the message names the feature.
+    return Refusal(400, {"error": f"the model cannot score this request: {exc}"})

@@ -26,11 +26,9 @@ from typing import Any, Literal, TypeVar, cast
 
 import bentoml
 import psycopg2
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from starlette.responses import JSONResponse
 
-from training.registry import SPEC_FILE
 from training.spec import ModelSpec, load_spec
 
 
@@ -49,40 +47,21 @@ ARGS = bentoml.use_arguments(BuildArgs)
 
 
 def _model_spec(model_tag: str) -> ModelSpec:
-    """The spec saved with the model (``training.registry.save_model``), read from BentoML's model
-    store (a built Bento's own models when serving one).
-
-    Raises:
-        bentoml.exceptions.NotFound: the model is not in the store, or was saved without its spec.
-        bentoml.exceptions.InvalidArgument: the saved spec is not a valid spec.
-    """
+    """The spec saved with the model to serve, or one error BentoML prints without a traceback."""
     from bentoml.exceptions import InvalidArgument, NotFound
-    from pydantic import ValidationError
+
+    from training.errors import NotFoundError
+    from training.registry import model_spec
 
     try:
-        model = bentoml.models.get(model_tag)
-    except (NotFound, StopIteration):
-        # A ``:latest`` of a name with no model at all ends in StopIteration inside BentoML.
+        return model_spec(model_tag)
+    except NotFoundError as exc:
         raise NotFound(
-            f"model {model_tag} is not in the BentoML model store: train one first "
-            "(`driftloop demo` or the retrain DAG), or pass another with "
+            f"{exc}: train one first (`driftloop demo` or the retrain DAG), or pass another with "
             "`--arg model_tag=<name>:<version>` (`bentoml models list` shows them)"
         ) from None
-    path = Path(model.path_of(SPEC_FILE))
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError:
-        raise NotFound(
-            f"model {model.tag} has no {SPEC_FILE}, so its request schema is unknown: serve a "
-            "model saved by driftloop's training (training.registry.save_model)"
-        ) from None
-    try:
-        return ModelSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise InvalidArgument(
-            f"model {model.tag}: its {SPEC_FILE} is not a valid model spec ({exc.error_count()} "
-            f"errors, first: {exc.errors()[0]['msg']}); retrain it with this version of driftloop"
-        ) from None
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 # The request schema must exist when the class is defined: it is the served model's own.
@@ -195,7 +174,7 @@ class ChurnService:
         from bentos import hotpath
         from bentos.predictor import Batching, Predictor
         from training.postgres import ensure_database
-        from training.registry import MODEL_FILE, SPEC_FILE
+        from training.registry import MODEL_FILE
         from training.scoring import FastScorer
         from training.settings import get_settings
 
@@ -205,15 +184,9 @@ class ChurnService:
         logging.getLogger("driftloop").setLevel(logging.INFO)
         logging.getLogger("bentos").setLevel(logging.INFO)
         pipeline = joblib.load(self.model_ref.path_of(MODEL_FILE))
-        # Score with the spec the model was trained with (its threshold, its feature types); the
-        # request schema above must describe the same features, or serving would skew.
-        with open(self.model_ref.path_of(SPEC_FILE)) as source:
-            self.spec = ModelSpec.model_validate(yaml.safe_load(source))
-        if self.spec.feature_names != SPEC.feature_names:
-            raise RuntimeError(
-                f"model {self.model_ref.tag} was trained on features {self.spec.feature_names}, "
-                f"but the service's request schema has {SPEC.feature_names}"
-            )
+        # Score with the spec the model was trained with (its threshold, its feature types): the
+        # one the request schema was built from at import, model_ref's own.
+        self.spec = SPEC
         # Start-up fails loudly if the store is unreachable: its migrations must have run before
         # anything is written to it. Once running, an outage only fills the spool.
         self.database_url = ensure_database(settings)
@@ -321,13 +294,14 @@ class ChurnService:
         A 200 means the prediction is recorded (on its way to PostgreSQL through the worker's
         spool); when it cannot be recorded the answer is 503 with ``Retry-After``.
         """
+        from bentos.hotpath import refusal
         from bentos.prediction_log import SpoolFull
         from bentos.predictor import Overloaded
 
         try:
             return Prediction(**await self.predictor.predict_one(features))
-        except (Overloaded, SpoolFull) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+        except (Overloaded, SpoolFull, ValueError) as exc:
+            return refusal(exc).response()
 
     @bentoml.api(
         route="/predict_batch",
@@ -339,9 +313,16 @@ class ChurnService:
         """Score up to ``DRIFTLOOP_BATCH_MAX_RECORDS`` (1,000) records; each gets its own
         ``request_id`` and is recorded. Answers one prediction per record, in order; a larger
         body answers 413 naming the limit."""
-        answers = self.predictor.predict_now(
-            [record.model_dump() for record in records], "predict_batch"
-        )
+        from bentos.hotpath import refusal
+        from bentos.prediction_log import SpoolFull
+
+        try:
+            answers = self.predictor.predict_now(
+                [record.model_dump() for record in records], "predict_batch"
+            )
+        except (SpoolFull, ValueError) as exc:
+            # BentoML sends a Response as it is; the annotation stays the documented 200 body.
+            return cast(list[Prediction], refusal(exc).response())
         return [Prediction(**answer) for answer in answers]
 
     def _record_feedback(self, items: list[FeedbackRequest]) -> list[FeedbackItemReceipt]:

@@ -361,8 +361,7 @@ def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
     container.record_image(url, model_tag, built)
     if args.check:
         # The Bento's own model's spec: the environment may describe another model.
-        _, spec = registry.load_model(model_tag)
-        request = spec.example_request()
+        request = registry.model_spec(model_tag).example_request()
         smoke = container.smoke_test(
             settings, built.image, url, request, backend=backend, progress=step
         )

@@ -12,10 +12,12 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import joblib
 import yaml
+from pydantic import ValidationError
 from sklearn.pipeline import Pipeline
 
 from training.errors import NotFoundError
@@ -27,6 +29,7 @@ __all__ = [
     "champion",
     "get_version",
     "load_model",
+    "model_spec",
     "promote",
     "record_deployment",
     "register",
@@ -85,22 +88,50 @@ def save_model(
     return str(model.tag)
 
 
-def load_model(tag: str) -> tuple[Pipeline, ModelSpec]:
-    """Load a saved pipeline and the spec it was trained with.
-
-    Raises:
-        NotFoundError: no model with that tag in the model store.
-    """
+def _stored_model(tag: str) -> Any:
     import bentoml
     from bentoml.exceptions import NotFound
 
     try:
-        model = bentoml.models.get(tag)
-    except NotFound as exc:
-        raise NotFoundError(f"model {tag} is not in the BentoML model store") from exc
-    with open(model.path_of(SPEC_FILE)) as source:
-        spec = ModelSpec.model_validate(yaml.safe_load(source))
-    pipeline: Pipeline = joblib.load(model.path_of(MODEL_FILE))
+        return bentoml.models.get(tag)
+    except (NotFound, StopIteration):
+        # A ``:latest`` of a name with no model at all ends in StopIteration inside BentoML.
+        raise NotFoundError(f"model {tag} is not in the BentoML model store") from None
+
+
+def model_spec(tag: str) -> ModelSpec:
+    """The spec a model was trained with, saved beside it in the model store (a built Bento's
+    own models when serving one); the pipeline is not loaded.
+
+    Raises:
+        NotFoundError: no model with that tag, or no spec saved with it.
+        ValueError: the saved spec is not a valid spec (the message says how).
+    """
+    model = _stored_model(tag)
+    try:
+        raw = yaml.safe_load(Path(model.path_of(SPEC_FILE)).read_text())
+    except OSError:
+        raise NotFoundError(
+            f"model {model.tag} has no {SPEC_FILE}: it was not saved by driftloop's training"
+        ) from None
+    try:
+        return ModelSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(
+            f"model {model.tag}: its {SPEC_FILE} is not a valid model spec ({exc.error_count()} "
+            f"errors, first: {exc.errors()[0]['msg']}); retrain it with this version of driftloop"
+        ) from None
+
+
+def load_model(tag: str) -> tuple[Pipeline, ModelSpec]:
+    """Load a saved pipeline and the spec it was trained with.
+
+    Raises:
+        NotFoundError: no model with that tag in the model store, or no spec saved with it.
+        ValueError: the saved spec is not a valid spec.
+    """
+    spec = model_spec(tag)
+    pipeline: Pipeline = joblib.load(_stored_model(tag).path_of(MODEL_FILE))
     return pipeline, spec
 
 
