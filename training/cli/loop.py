@@ -1,45 +1,16 @@
-"""The ``driftloop`` command: the demo, the store, Airflow, serving and status."""
+"""The loop's commands: the store, the demo, a retrain run, the Airflow UI and the status summary."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
+from training.cli.common import Progress, store, task_progress
 from training.errors import DriftloopError
-from training.settings import Settings, get_settings
+from training.settings import Settings
 
-__all__ = ["main"]
-
-
-class Progress:
-    """Timestamped progress lines, so long steps show they are alive and how long they took."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-
-    def __call__(self, message: str) -> None:
-        print(f"[{time.monotonic() - self.started:6.1f}s] {message}", flush=True)
-
-
-def _task_progress(step: Progress) -> Callable[[str, str], None]:
-    def report(task_id: str, event: str) -> None:
-        if event == "ended":
-            step(f"  task {task_id} done")
-
-    return report
-
-
-def _store(settings: Settings) -> str:
-    from training.postgres import ensure_database
-
-    return ensure_database(settings)
+__all__ = ["add_parsers", "print_summary", "summary"]
 
 
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
@@ -49,7 +20,7 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
         stopped = stop_embedded(settings)
         print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
         return 0
-    url = _store(settings)
+    url = store(settings)
     if args.action == "url":
         print(url)
     else:
@@ -61,7 +32,7 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _summary(settings: Settings, url: str, model_name: str) -> dict[str, Any]:
+def summary(settings: Settings, url: str, model_name: str) -> dict[str, Any]:
     from training.store import connect
 
     with connect(url) as conn, conn.cursor() as cur:
@@ -97,7 +68,7 @@ def _summary(settings: Settings, url: str, model_name: str) -> dict[str, Any]:
     return {"drift": drift, "training": training, "champion": champion, "image": image}
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+def print_summary(summary: dict[str, Any]) -> None:
     drift, training, champion = summary["drift"], summary["training"], summary["champion"]
     print()
     print("=" * 72)
@@ -180,7 +151,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     step = Progress()
     spec = load_spec(settings.model_spec)
-    url = _store(settings)
+    url = store(settings)
     with connect(url) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM predictions WHERE model_name = %s", (spec.name,))
         existing = cur.fetchone()[0]  # type: ignore[index]
@@ -192,7 +163,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     if args.reset:
         with connect(url) as conn:
             reset(conn)
-        url = _store(settings)
+        url = store(settings)
     step(f"PostgreSQL ready ({url})")
 
     initial = generate(args.initial_rows, seed=args.seed)
@@ -226,10 +197,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     step(f"Airflow metadata DB migrated ({setup.home})")
     log = setup.home / "demo-dags-test.log"
     step(f"running the retrain DAG with `airflow dags test` (log: {log}) ...")
-    dags_test(setup, {"window_days": args.window_days, "force": False}, log, _task_progress(step))
+    dags_test(setup, {"window_days": args.window_days, "force": False}, log, task_progress(step))
     step("retrain DAG run succeeded")
 
-    _print_summary(_summary(settings, url, spec.name))
+    print_summary(summary(settings, url, spec.name))
     with connect(url) as conn:
         current = registry.champion(conn, spec.name)
     if current is not None:
@@ -242,168 +213,35 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from training.spec import load_spec
 
     step = Progress()
-    url = _store(settings)
+    url = store(settings)
     setup = airflow_env(settings)
     migrate(setup)
     log = setup.home / f"retrain-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
     step(f"running the retrain DAG (log: {log}) ...")
     dags_test(
-        setup, {"window_days": args.window_days, "force": args.force}, log, _task_progress(step)
+        setup, {"window_days": args.window_days, "force": args.force}, log, task_progress(step)
     )
     step("retrain DAG run succeeded")
-    _print_summary(_summary(settings, url, load_spec(settings.model_spec).name))
+    print_summary(summary(settings, url, load_spec(settings.model_spec).name))
     return 0
 
 
 def cmd_airflow(args: argparse.Namespace, settings: Settings) -> int:
     from training.airflow_local import airflow_env, run_ui
 
-    _store(settings)
+    store(settings)
     return run_ui(airflow_env(settings, port=args.port))
-
-
-def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from training import registry
-    from training.store import connect
-
-    url = _store(settings)
-    model_tag, bento_tag, version = _champion_bento(settings, url)
-    command = ["bentoml", "serve", bento_tag, "--port", str(args.port), "--host", args.host]
-    env = dict(os.environ, DRIFTLOOP_HOME=str(settings.home), DRIFTLOOP_DATABASE_URL=url)
-    if args.workers is not None:
-        # BentoML reads per-service worker counts from its configuration; the option adds to (and
-        # wins over) whatever BENTOML_CONFIG_OPTIONS already says.
-        service_name = bento_tag.partition(":")[0]
-        option = f"services.{service_name}.workers={args.workers}"
-        env["BENTOML_CONFIG_OPTIONS"] = " ".join(
-            part for part in (os.environ.get("BENTOML_CONFIG_OPTIONS", ""), option) if part
-        )
-    workers = f", {args.workers} workers" if args.workers else ""
-    print(f"serving champion v{version} ({model_tag}{workers}): {' '.join(command)}", flush=True)
-    with connect(url) as conn:
-        registry.record_deployment(
-            conn,
-            model_tag,
-            bento_tag,
-            target="local",
-            status="serving",
-            detail={"host": args.host, "port": args.port, "workers": args.workers or 1},
-        )
-    # This interpreter's bentoml, so it works without the venv on PATH; replaces this process.
-    os.execve(sys.executable, [sys.executable, "-m", *command], env)
-    return 0  # pragma: no cover
-
-
-def _champion_bento(settings: Settings, url: str) -> tuple[str, str, int]:
-    from training import registry
-    from training.spec import load_spec
-    from training.store import connect
-
-    name = load_spec(settings.model_spec).name
-    with connect(url) as conn:
-        current = registry.champion(conn, name)
-    if current is None or current.bento_tag is None:
-        raise DriftloopError(f"no champion of {name} with a Bento yet; run `driftloop demo` first")
-    return current.tag, current.bento_tag, current.version
-
-
-def _bento_model_tag(bento_tag: str) -> str:
-    """The tag of the model a Bento serves: its ``model_tag`` build argument.
-
-    Raises:
-        NotFoundError: no such Bento in the store, or it was not built by driftloop.
-    """
-    import bentoml
-    from bentoml.exceptions import NotFound
-
-    from training.errors import NotFoundError
-
-    try:
-        bento = bentoml.get(bento_tag)
-    except NotFound as exc:
-        raise NotFoundError(
-            f"no Bento {bento_tag} in the BentoML store (`bentoml list` shows them)"
-        ) from exc
-    model_tag = bento.info.args.get("model_tag")
-    if not isinstance(model_tag, str) or not model_tag:
-        raise NotFoundError(
-            f"Bento {bento.tag} carries no model_tag argument; build it with driftloop "
-            "(or `bentoml build --arg model_tag=<name>:<version>`)"
-        )
-    return model_tag
-
-
-def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
-    from training import container, registry
-
-    step = Progress()
-    url = _store(settings)
-    if args.bento:
-        bento_tag = args.bento
-        model_tag = _bento_model_tag(bento_tag)
-    else:
-        model_tag, bento_tag, _ = _champion_bento(settings, url)
-    backend = container.resolve_backend(args.backend or settings.image_backend, dict(os.environ))
-    built = container.containerize(
-        settings,
-        bento_tag,
-        backend=backend,
-        base_image=args.base_image,
-        extra_ca=args.extra_ca,
-        repository=args.repository or settings.image_repository,
-        progress=step,
-    )
-    size = f"{built.size_bytes / 1e6:.0f} MB" if built.size_bytes else "size unknown"
-    step(
-        f"image {built.image} built with {built.backend} on {built.base_image} in "
-        f"{built.seconds:.0f}s ({size})"
-    )
-    container.record_image(url, model_tag, built)
-    if args.check:
-        # The Bento's own model's spec: the environment may describe another model.
-        request = registry.model_spec(model_tag).example_request()
-        smoke = container.smoke_test(
-            settings, built.image, url, request, backend=backend, progress=step
-        )
-        step(
-            f"checked: /readyz after {smoke.ready_seconds:.0f}s, a prediction from model version "
-            f"{smoke.model_version}, serving as uid {smoke.uid}"
-        )
-        expected = bento_tag.partition(":")[2]
-        if smoke.model_version != expected:
-            raise DriftloopError(
-                f"{built.image} served model version {smoke.model_version}, expected {expected}"
-            )
-    if args.push:
-        step(f"pushing {built.image} ...")
-        container.push(settings, built.image, backend)
-        step(f"pushed {built.image}")
-    print(built.image)
-    return 0
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from training.spec import load_spec
 
-    url = _store(settings)
-    _print_summary(_summary(settings, url, load_spec(settings.model_spec).name))
+    url = store(settings)
+    print_summary(summary(settings, url, load_spec(settings.model_spec).name))
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
-    return value
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="driftloop", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_parsers(sub: Any) -> None:
     demo = sub.add_parser("demo", help="the whole loop on embedded defaults, with a summary")
     demo.add_argument("--reset", action="store_true", help="drop driftloop's tables first")
     demo.add_argument("--initial-rows", type=int, default=8000)
@@ -432,73 +270,5 @@ def _parser() -> argparse.ArgumentParser:
     airflow.add_argument("--port", type=int, default=8080)
     airflow.set_defaults(func=cmd_airflow)
 
-    serve = sub.add_parser("serve", help="bentoml serve the champion's Bento")
-    serve.add_argument("--port", type=int, default=3000)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument(
-        "--workers",
-        type=_positive_int,
-        help="server worker processes (default: the Bento's own, 1); each has its own spool",
-    )
-    serve.set_defaults(func=cmd_serve)
-
-    image = sub.add_parser(
-        "image",
-        help="bentoml containerize the champion's Bento into an OCI image",
-        description="Build the OCI image of the champion's Bento (or --bento) with `bentoml "
-        "containerize`, tagged <repository>:<Bento version>. Defaults come from DRIFTLOOP_IMAGE_*.",
-    )
-    image.add_argument("--bento", help="a Bento tag instead of the champion's")
-    image.add_argument(
-        "--backend",
-        choices=["docker", "buildx", "buildah", "podman", "auto"],
-        help="docker/buildx need a Docker daemon; buildah needs none; auto: docker where a daemon "
-        "answers, else buildah (default: DRIFTLOOP_IMAGE_BACKEND, else docker)",
-    )
-    image.add_argument(
-        "--base-image",
-        help="'local' (Debian bookworm + Python 3.11 + uv made here with debootstrap, cached) or an "
-        "image with Python 3.11 and uv (default: DRIFTLOOP_IMAGE_BASE, else python:3.11-slim)",
-    )
-    image.add_argument(
-        "--extra-ca",
-        type=Path,
-        action="append",
-        help="PEM file or folder of .crt files the build trusts (proxies); never put in the image",
-    )
-    image.add_argument("--repository", help="image name, e.g. ghcr.io/acme/churn_service")
-    image.add_argument(
-        "--check",
-        action="store_true",
-        help="run the image (podman or docker) against the store: /readyz, one prediction, non-root",
-    )
-    image.add_argument("--push", action="store_true", help="push the image after it is built")
-    image.set_defaults(func=cmd_image)
-
     status = sub.add_parser("status", help="the champion and the last retrain run")
     status.set_defaults(func=cmd_status)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        settings = get_settings()
-        code: int = args.func(args, settings)
-        return code
-    except DriftloopError as exc:
-        print(f"driftloop: error: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, OSError, subprocess.SubprocessError) as exc:
-        # Settings, specs and files: the message names the field or path.
-        print(
-            f"driftloop: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-            file=sys.stderr,
-        )
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
