@@ -14,6 +14,7 @@ from pydantic import (
     Field,
     ValidationError,
     create_model,
+    field_validator,
     model_validator,
 )
 
@@ -22,9 +23,11 @@ __all__ = [
     "DriftPolicy",
     "Feature",
     "GatePolicy",
+    "Label",
     "ModelConfig",
     "ModelSpec",
     "SpecError",
+    "TrainingPolicy",
     "load_spec",
 ]
 
@@ -39,6 +42,23 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# A target value as the user's data has it: YAML and JSON give strings, numbers or booleans.
+Label = bool | int | str
+
+_YAML_BOOLEAN_TRAP = (
+    "YAML reads unquoted yes/no/on/off/true/false as booleans; quote them, e.g. ['No', 'Yes']"
+)
+
+
+def _label_text(value: Label | float) -> str:
+    """How two spellings of a label compare: 1, 1.0, "1" and True are one value; text ignores case."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip().casefold()
+
+
 class Feature(_Frozen):
     name: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
     type: Literal["numeric", "categorical"]
@@ -46,7 +66,18 @@ class Feature(_Frozen):
     min: float | None = None
     max: float | None = None
     categories: tuple[str, ...] = ()
+    # Missing values allowed: the request field may be null or absent, and training rows may lack it.
     nullable: bool = False
+
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _categories_as_text(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            return value
+        if any(isinstance(item, bool) for item in value):
+            raise ValueError(f"categories {list(value)} hold booleans: {_YAML_BOOLEAN_TRAP}")
+        # Codes such as 0/1 or 2019 are categories too; requests send them as text.
+        return tuple(str(item) if isinstance(item, int | float) else item for item in value)
 
     @model_validator(mode="after")
     def _check_kind(self) -> Feature:
@@ -72,6 +103,20 @@ class DriftPolicy(_Frozen):
     max_rows: int = Field(20000, ge=100)
 
 
+class TrainingPolicy(_Frozen):
+    """What a challenger trains on.
+
+    ``window``: the labelled window's older part only. ``window_and_reference`` (the default): that
+    plus a sample of the champion's own training rows, so a retrain does not forget what the window
+    happens not to show. Rows the champion trained on never enter the holdout either way.
+    """
+
+    data: Literal["window", "window_and_reference"] = "window_and_reference"
+    # The reference sample's size, as a multiple of the window's training rows.
+    reference_ratio: float = Field(1.0, gt=0, le=100)
+    seed: int = 0
+
+
 class GatePolicy(_Frozen):
     min_labelled_rows: int = Field(500, ge=10)
     holdout_fraction: float = Field(0.3, gt=0, lt=1)
@@ -84,11 +129,16 @@ class ModelSpec(_Frozen):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
     description: str = ""
     target: str
-    positive_label: int = 1
+    # The target's values as the data spells them; feedback may use these or 1/0.
+    positive_label: Label = 1
+    negative_label: Label = 0
+    # The data's event-time column (for a time-ordered holdout and for backfilled history).
+    time_column: str | None = None
     features: tuple[Feature, ...] = Field(min_length=1)
     model: ModelConfig
     drift: DriftPolicy = DriftPolicy()
     gates: GatePolicy = GatePolicy()
+    training: TrainingPolicy = TrainingPolicy()
 
     model_config = ConfigDict(frozen=True, extra="forbid", ignored_types=(cached_property,))
 
@@ -100,7 +150,38 @@ class ModelSpec(_Frozen):
             raise ValueError(f"feature names repeat: {', '.join(duplicated)}")
         if self.target in names:
             raise ValueError(f"target {self.target!r} is also listed as a feature")
+        if self.time_column is not None and self.time_column in (*names, self.target):
+            raise ValueError(f"time_column {self.time_column!r} is also a feature or the target")
+        if _label_text(self.positive_label) == _label_text(self.negative_label):
+            raise ValueError(
+                f"positive_label and negative_label are the same value ({self.positive_label!r})"
+            )
         return self
+
+    def label_of(self, value: Any) -> int:
+        """The 0/1 form of a target value given as the data spells it, or as 1/0.
+
+        Raises:
+            ValueError: neither label nor 0/1 (the message lists what is accepted).
+        """
+        if value is not None and not isinstance(value, bool | int | float | str):
+            raise ValueError(
+                f"label must be a string, number or boolean, got {type(value).__name__}"
+            )
+        if value is not None:
+            text = _label_text(value)
+            if text == _label_text(self.positive_label):
+                return 1
+            if text == _label_text(self.negative_label):
+                return 0
+            if text in ("0", "1"):
+                return int(text)
+            if isinstance(value, bool):
+                return int(value)
+        raise ValueError(
+            f"label {value!r} is neither {self.positive_label!r} (positive) nor "
+            f"{self.negative_label!r} (negative), nor 1/0"
+        )
 
     @property
     def feature_names(self) -> list[str]:
@@ -183,7 +264,20 @@ def load_spec(path: Path | None = None) -> ModelSpec:
         return ModelSpec.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            f"{_where(raw, err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
             for err in exc.errors()
         )
         raise SpecError(f"model spec {source}: {problems}") from exc
+
+
+def _where(raw: Any, loc: tuple[int | str, ...]) -> str:
+    """A validation error's location, with a feature named rather than numbered."""
+    parts = [str(p) for p in loc]
+    if len(loc) >= 2 and loc[0] == "features" and isinstance(loc[1], int):
+        try:
+            name = raw["features"][loc[1]]["name"]
+        except (KeyError, IndexError, TypeError):
+            name = None
+        if isinstance(name, str):
+            parts[:2] = [f"feature {name!r}"]
+    return ".".join(parts) or "(top level)"
