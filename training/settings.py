@@ -21,7 +21,9 @@ class Settings(BaseSettings):
             the embedded server, or the driftloop database itself when ``database_url`` is set.
         artifacts_uri: where datasets, reports and training data go: a folder or ``s3://bucket/prefix``.
         s3_endpoint_url: endpoint override for S3-compatible stores (MinIO, moto, ...).
-        model_spec: path of a model spec YAML; the built-in churn spec when unset.
+        models: the folder of model specs (``*.yaml``, one model each); ``./models`` if unset. When
+            it holds none, the built-in churn spec is the one model.
+        model_spec: one model spec YAML, used instead of the ``models`` folder (a single model).
         containerize: whether the retrain DAG builds an OCI image of the new Bento before promoting
             it (off by default: local runs rarely have a container engine).
         image_backend: ``bentoml containerize`` backend: docker, buildx, buildah or podman; ``auto``
@@ -51,6 +53,7 @@ class Settings(BaseSettings):
     airflow_database_url: str | None = None
     artifacts_uri: str | None = None
     s3_endpoint_url: str | None = None
+    models: Path = Field(default_factory=lambda: Path.cwd() / "models")
     model_spec: Path | None = None
     containerize: bool = False
     image_backend: Literal["docker", "buildx", "buildah", "podman", "auto"] = "docker"
@@ -67,7 +70,7 @@ class Settings(BaseSettings):
     db_connect_timeout_s: int = Field(3, ge=1, le=300)
     db_statement_timeout_ms: int = Field(5000, ge=1)
 
-    @field_validator("home")
+    @field_validator("home", "models")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         # Services and Airflow tasks run with other working dirs; a relative home would split the data.
