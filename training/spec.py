@@ -60,7 +60,7 @@ def _label_text(value: Label | float) -> str:
 
 
 class Feature(_Frozen):
-    name: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     type: Literal["numeric", "categorical"]
     description: str = ""
     min: float | None = None
