@@ -23,11 +23,11 @@ from urllib.request import urlopen
 
 from training.bento import PROJECT_ROOT
 from training.errors import DriftloopError
+from training.models import dag_id, model_entries
 from training.postgres import database_url
 from training.settings import Settings
 
 __all__ = [
-    "DAG_ID",
     "AirflowSetup",
     "DagTestResult",
     "airflow_env",
@@ -38,7 +38,6 @@ __all__ = [
     "run_ui",
 ]
 
-DAG_ID = "driftloop_retrain"
 LOCAL_ENV = PROJECT_ROOT / "airflow" / "local.env"
 
 
@@ -78,6 +77,8 @@ class AirflowSetup:
     home: Path
     env: dict[str, str]
     port: int
+    # The deployment's models, each with its retrain DAG.
+    models: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -103,11 +104,17 @@ def airflow_env(settings: Settings, *, port: int = 8080) -> AirflowSetup:
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
             "AIRFLOW__API_AUTH__JWT_SECRET": _jwt_secret(home),
             "DRIFTLOOP_HOME": str(settings.home),
+            # Absolute, so Airflow's processes (other working dirs) find the same model specs.
+            "DRIFTLOOP_MODELS": str(settings.models),
         }
     )
+    if settings.model_spec is not None:
+        env["DRIFTLOOP_MODEL_SPEC"] = str(settings.model_spec.expanduser().resolve())
     if settings.database_url:
         env["DRIFTLOOP_DATABASE_URL"] = settings.database_url
-    return AirflowSetup(home=home, env=env, port=port)
+    # Read here, so a broken spec stops the command with its message instead of a DAG import error.
+    models = tuple(model_entries(settings))
+    return AirflowSetup(home=home, env=env, port=port, models=models)
 
 
 def _airflow(setup: AirflowSetup, *args: str) -> subprocess.CompletedProcess[str]:
@@ -132,11 +139,12 @@ def migrate(setup: AirflowSetup) -> None:
 
 def dags_test(
     setup: AirflowSetup,
+    model: str,
     conf: dict[str, object],
     log: Path,
     on_task: Callable[[str, str], None] | None = None,
 ) -> None:
-    """Run the retrain DAG once, for real, with ``airflow dags test`` (tasks run in this machine's
+    """Run ``model``'s retrain DAG once, for real, with ``airflow dags test`` (tasks run in this machine's
     processes against the metadata DB); the full log goes to ``log``.
 
     Args:
@@ -145,7 +153,8 @@ def dags_test(
     Raises:
         DriftloopError: the run failed (see the log).
     """
-    command = [sys.executable, "-m", "airflow", "dags", "test", DAG_ID, "--conf", json.dumps(conf)]
+    dag = dag_id(model)
+    command = [sys.executable, "-m", "airflow", "dags", "test", dag, "--conf", json.dumps(conf)]
     with (
         log.open("w") as out,
         subprocess.Popen(
@@ -160,13 +169,13 @@ def dags_test(
                 on_task(event.group(2), "started" if event.group(1) == "starting" else "ended")
     failed = "failed" in _final_state(log)
     if process.returncode != 0 or failed:
-        raise DriftloopError(f"the {DAG_ID} run failed; its log is {log}")
+        raise DriftloopError(f"the {dag} run failed; its log is {log}")
 
 
 _DAG_TEST = """
 import json, runpy, sys
 namespace = runpy.run_path(sys.argv[1], run_name="driftloop_dag_test")
-run = namespace["dag"].test(run_conf=json.loads(sys.argv[2]))
+run = namespace[sys.argv[3]].test(run_conf=json.loads(sys.argv[2]))
 tasks = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 print("DAG_TEST_RESULT=" + json.dumps({"state": str(run.state), "run_id": run.run_id, "tasks": tasks}))
 """
@@ -180,8 +189,8 @@ class DagTestResult:
     log: str
 
 
-def dag_test(setup: AirflowSetup, conf: dict[str, object]) -> DagTestResult:
-    """Run the retrain DAG once with ``dag.test()`` in a fresh interpreter.
+def dag_test(setup: AirflowSetup, conf: dict[str, object], model: str = "churn") -> DagTestResult:
+    """Run ``model``'s retrain DAG once with ``dag.test()`` in a fresh interpreter.
 
     Airflow reads its configuration when first imported, so the caller (a test, say) keeps its own
     process free of Airflow and hands this run the project's environment instead.
@@ -191,7 +200,7 @@ def dag_test(setup: AirflowSetup, conf: dict[str, object]) -> DagTestResult:
     """
     dag_file = PROJECT_ROOT / "dags" / "retrain.py"
     result = subprocess.run(
-        [sys.executable, "-c", _DAG_TEST, str(dag_file), json.dumps(conf)],
+        [sys.executable, "-c", _DAG_TEST, str(dag_file), json.dumps(conf), dag_id(model)],
         env=setup.env,
         capture_output=True,
         text=True,
@@ -325,9 +334,8 @@ def run_ui(
         echo(
             f"Airflow UI: {setup.url}  (user {_login_user(setup)}, password in {passwords_file(setup)})"
         )
-        echo(
-            f"DAG {DAG_ID}: scheduled daily; trigger it with params from the UI. Ctrl-C stops Airflow."
-        )
+        dags = ", ".join(dag_id(name) for name in setup.models)
+        echo(f"DAGs {dags}: scheduled daily; trigger them with params from the UI. Ctrl-C stops.")
         deadline = None if stop_after is None else time.monotonic() + stop_after
         while all_alive():
             if deadline is not None and time.monotonic() > deadline:

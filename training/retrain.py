@@ -7,14 +7,11 @@ references, never data. Every step records what it did in PostgreSQL.
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
-
-import pandas as pd
 
 from training import registry
 from training.artifacts import open_store
@@ -22,11 +19,14 @@ from training.bento import build_bento
 from training.drift import detect_drift
 from training.evaluate import Evaluation, evaluate, judge
 from training.extract import extract_window
+from training.models import select_spec
 from training.postgres import ensure_database
+from training.runs import read_frame, record_training_run, safe_key, upload_frame
 from training.settings import Settings
-from training.spec import ModelSpec, load_spec
+from training.spec import ModelSpec
 from training.store import connect
 from training.train import fit
+from training.trainset import known_ids, split_for_challenger
 
 __all__ = [
     "Decision",
@@ -34,7 +34,6 @@ __all__ = [
     "Promotion",
     "Trained",
     "Validation",
-    "bootstrap_champion",
     "build_challenger_bento",
     "check_drift",
     "extract",
@@ -45,25 +44,8 @@ __all__ = [
 ]
 
 
-def _safe(run_key: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", run_key)
-
-
-def _spec(settings: Settings) -> ModelSpec:
-    return load_spec(settings.model_spec)
-
-
-def _upload_frame(settings: Settings, frame: pd.DataFrame, key: str) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / Path(key).name
-        frame.to_parquet(local, index=False)
-        return open_store(settings).put(local, key)
-
-
-def _read_frame(settings: Settings, uri: str) -> pd.DataFrame:
-    with tempfile.TemporaryDirectory() as tmp:
-        local = open_store(settings).fetch(uri, Path(tmp) / "frame.parquet")
-        return pd.read_parquet(local)
+def _spec(settings: Settings, model: str | None) -> ModelSpec:
+    return select_spec(settings, model)
 
 
 @dataclass(frozen=True)
@@ -76,17 +58,17 @@ class Extracted:
 
 
 def extract(
-    settings: Settings, run_key: str, window_end: datetime, window_days: float
+    settings: Settings, model: str, run_key: str, window_end: datetime, window_days: float
 ) -> dict[str, Any]:
     """Copy the window ``[window_end - window_days, window_end)`` out of the store into Parquet."""
     if window_days <= 0:
         raise ValueError(f"window_days must be positive, got {window_days}")
-    spec = _spec(settings)
+    spec = _spec(settings, model)
     start = window_end - timedelta(days=window_days)
     url = ensure_database(settings)
     with connect(url) as conn:
         frame = extract_window(conn, spec, start, window_end)
-    uri = _upload_frame(settings, frame, f"runs/{spec.name}/{_safe(run_key)}/window.parquet")
+    uri = upload_frame(settings, frame, f"runs/{spec.name}/{safe_key(run_key)}/window.parquet")
     return asdict(
         Extracted(
             dataset_uri=uri,
@@ -110,12 +92,15 @@ class Decision:
 
 
 def check_drift(
-    settings: Settings, run_key: str, extracted: dict[str, Any], force: bool = False
+    settings: Settings, model: str, run_key: str, extracted: dict[str, Any], force: bool = False
 ) -> dict[str, Any]:
     """Drift of the window against the champion's training data, the champion's recent accuracy,
-    and the decision to retrain or skip (with its reason), recorded in ``drift_runs``."""
-    spec = _spec(settings)
-    window = _read_frame(settings, extracted["dataset_uri"])
+    and the decision to retrain or skip (with its reason), recorded in ``drift_runs``.
+
+    The champion's accuracy is measured only on labelled rows it did not train on.
+    """
+    spec = _spec(settings, model)
+    window = read_frame(settings, extracted["dataset_uri"])
     labelled = window[window[spec.target].notna()]
     url = ensure_database(settings)
     with connect(url) as conn:
@@ -130,12 +115,12 @@ def check_drift(
     elif window.empty:
         pass
     else:
-        reference = _read_frame(settings, champ.train_data_uri)
+        reference = read_frame(settings, champ.train_data_uri)
         with tempfile.TemporaryDirectory() as tmp:
             report = Path(tmp) / "drift_report.html"
             drift = detect_drift(spec, reference, window, report)
             report_uri = open_store(settings).put(
-                report, f"runs/{spec.name}/{_safe(run_key)}/drift_report.html"
+                report, f"runs/{spec.name}/{safe_key(run_key)}/drift_report.html"
             )
         if drift.drifted:
             top = ", ".join(c.column for c in drift.most_drifted() if c.drifted)
@@ -147,9 +132,10 @@ def check_drift(
             reasons.append(
                 f"label distribution moved ({drift.target.method} {drift.target.score:.3f})"
             )
-        if labelled[spec.target].nunique() == 2:
+        unseen = labelled[~labelled["request_id"].astype(str).isin(known_ids(reference))]
+        if unseen[spec.target].nunique() == 2:
             pipeline, _ = registry.load_model(champ.tag)
-            recent = evaluate(pipeline, spec, labelled)
+            recent = evaluate(pipeline, spec, unseen)
             baseline = float(champ.metrics.get("roc_auc", recent.roc_auc))
             drop = baseline - recent.roc_auc
             performance = {
@@ -225,55 +211,13 @@ def check_drift(
     )
 
 
-def _record_training_run(
-    settings: Settings,
-    run_key: str,
-    *,
-    status: str,
-    reason: str,
-    drift_run_id: int | None = None,
-    champion_tag: str | None = None,
-    challenger_tag: str | None = None,
-    metrics: dict[str, Any] | None = None,
-    gates: list[dict[str, Any]] | None = None,
-) -> int:
-    spec = _spec(settings)
-    with connect(ensure_database(settings)) as conn, conn.cursor() as cur:
-        cur.execute(
-            "INSERT INTO training_runs (model_name, run_key, drift_run_id, status, reason,"
-            " champion_tag, challenger_tag, metrics, gates, finished_at)"
-            " VALUES (%(m)s, %(k)s, %(d)s, %(s)s, %(r)s, %(c)s, %(t)s, %(x)s, %(g)s,"
-            " CASE WHEN %(s)s = 'trained' THEN NULL ELSE now() END)"
-            " ON CONFLICT (model_name, run_key) DO UPDATE SET status = EXCLUDED.status,"
-            " reason = EXCLUDED.reason,"
-            " drift_run_id = COALESCE(EXCLUDED.drift_run_id, training_runs.drift_run_id),"
-            " champion_tag = COALESCE(EXCLUDED.champion_tag, training_runs.champion_tag),"
-            " challenger_tag = COALESCE(EXCLUDED.challenger_tag, training_runs.challenger_tag),"
-            " metrics = training_runs.metrics || EXCLUDED.metrics,"
-            " gates = CASE WHEN EXCLUDED.gates = '[]'::jsonb THEN training_runs.gates"
-            " ELSE EXCLUDED.gates END, finished_at = EXCLUDED.finished_at"
-            " RETURNING id",
-            {
-                "m": spec.name,
-                "k": run_key,
-                "d": drift_run_id,
-                "s": status,
-                "r": reason,
-                "c": champion_tag,
-                "t": challenger_tag,
-                "x": json.dumps(metrics or {}),
-                "g": json.dumps(gates or []),
-            },
-        )
-        row = cur.fetchone()
-        assert row is not None
-        return int(row[0])
-
-
-def record_skip(settings: Settings, run_key: str, decision: dict[str, Any]) -> dict[str, Any]:
+def record_skip(
+    settings: Settings, model: str, run_key: str, decision: dict[str, Any]
+) -> dict[str, Any]:
     """The run ends without training: keep the reason next to the drift run that decided it."""
-    run_id = _record_training_run(
+    run_id = record_training_run(
         settings,
+        model,
         run_key,
         status="skipped",
         reason=decision["reason"],
@@ -294,34 +238,33 @@ class Trained:
     holdout_uri: str
     train_rows: int
     holdout_rows: int
-
-
-def _split_by_time(
-    labelled: pd.DataFrame, holdout_fraction: float
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    ordered = labelled.sort_values(["created_at", "request_id"], kind="stable")
-    cut = round(len(ordered) * (1 - holdout_fraction))
-    return ordered.iloc[:cut], ordered.iloc[cut:]
+    training_data: str
 
 
 def train_challenger(
-    settings: Settings, run_key: str, decision: dict[str, Any], dataset_uri: str
+    settings: Settings, model: str, run_key: str, decision: dict[str, Any], dataset_uri: str
 ) -> dict[str, Any]:
-    """Fit a challenger on the older part of the labelled window; the newest part is the holdout
-    on which champion and challenger are compared."""
-    spec = _spec(settings)
-    window = _read_frame(settings, dataset_uri)
+    """Fit a challenger by the spec's training-data policy: the older part of the labelled window
+    (plus, by default, a sample of the champion's training rows); the newest part that the
+    champion never saw is the holdout on which champion and challenger are compared."""
+    spec = _spec(settings, model)
+    window = read_frame(settings, dataset_uri)
     labelled = window[window[spec.target].notna()].copy()
     labelled[spec.target] = labelled[spec.target].astype("int64")
-    train_part, holdout = _split_by_time(labelled, spec.gates.holdout_fraction)
+    with connect(ensure_database(settings)) as conn:
+        champ = registry.champion(conn, spec.name)
+    reference = read_frame(settings, champ.train_data_uri) if champ is not None else None
+    split = split_for_challenger(spec, labelled, reference)
+    train_part, holdout = split.train, split.holdout
     pipeline = fit(spec, train_part)
-    prefix = f"runs/{spec.name}/{_safe(run_key)}"
-    train_uri = _upload_frame(settings, train_part, f"{prefix}/train.parquet")
-    holdout_uri = _upload_frame(settings, holdout, f"{prefix}/holdout.parquet")
+    prefix = f"runs/{spec.name}/{safe_key(run_key)}"
+    train_uri = upload_frame(settings, train_part, f"{prefix}/train.parquet")
+    holdout_uri = upload_frame(settings, holdout, f"{prefix}/holdout.parquet")
     fit_metrics = evaluate(pipeline, spec, holdout).as_dict()
     tag = registry.save_model(spec, pipeline, metrics=fit_metrics, train_data_uri=train_uri)
-    run_id = _record_training_run(
+    run_id = record_training_run(
         settings,
+        model,
         run_key,
         status="trained",
         reason=decision["reason"],
@@ -345,6 +288,7 @@ def train_challenger(
             holdout_uri=holdout_uri,
             train_rows=len(train_part),
             holdout_rows=len(holdout),
+            training_data=split.describe(),
         )
     )
 
@@ -360,13 +304,15 @@ class Validation:
     gates: list[dict[str, Any]]
 
 
-def validate(settings: Settings, run_key: str, trained: dict[str, Any]) -> dict[str, Any]:
+def validate(
+    settings: Settings, model: str, run_key: str, trained: dict[str, Any]
+) -> dict[str, Any]:
     """Score challenger and champion on the same holdout and apply the spec's gates.
 
     A challenger that fails is marked ``rejected`` and the champion keeps serving.
     """
-    spec = _spec(settings)
-    holdout = _read_frame(settings, trained["holdout_uri"])
+    spec = _spec(settings, model)
+    holdout = read_frame(settings, trained["holdout_uri"])
     holdout[spec.target] = holdout[spec.target].astype("int64")
     url = ensure_database(settings)
     with connect(url) as conn:
@@ -383,8 +329,9 @@ def validate(settings: Settings, run_key: str, trained: dict[str, Any]) -> dict[
         "challenger": challenger_eval.as_dict(),
         "champion": champion_eval.as_dict() if champion_eval else None,
     }
-    _record_training_run(
+    record_training_run(
         settings,
+        model,
         run_key,
         status="trained" if verdict.passed else "rejected",
         reason=verdict.reason,
@@ -437,14 +384,15 @@ class Promotion:
     version: int
 
 
-def promote(settings: Settings, run_key: str, built: dict[str, Any]) -> dict[str, Any]:
+def promote(settings: Settings, model: str, run_key: str, built: dict[str, Any]) -> dict[str, Any]:
     """Make the challenger the champion (the previous one retires) and close the training run."""
     url = ensure_database(settings)
     with connect(url) as conn:
-        before = registry.champion(conn, _spec(settings).name)
+        before = registry.champion(conn, model)
         promoted = registry.promote(conn, built["challenger_tag"])
-    _record_training_run(
+    record_training_run(
         settings,
+        model,
         run_key,
         status="promoted",
         reason=f"promoted to champion v{promoted.version}",
@@ -457,41 +405,3 @@ def promote(settings: Settings, run_key: str, built: dict[str, Any]) -> dict[str
             version=promoted.version,
         )
     )
-
-
-def bootstrap_champion(
-    settings: Settings, training_data: pd.DataFrame, run_key: str = "bootstrap"
-) -> dict[str, Any]:
-    """Train, gate, build and promote the first champion from a labelled frame (the demo's day 0)."""
-    spec = _spec(settings)
-    train_part = training_data.sample(frac=1 - spec.gates.holdout_fraction, random_state=0)
-    holdout = training_data.drop(train_part.index)
-    pipeline = fit(spec, train_part)
-    metrics = evaluate(pipeline, spec, holdout)
-    verdict = judge(metrics, None, spec.gates)
-    if not verdict.passed:
-        raise ValueError(f"the initial model fails its gates: {verdict.reason}")
-    train_uri = _upload_frame(
-        settings, train_part, f"runs/{spec.name}/{_safe(run_key)}/train.parquet"
-    )
-    tag = registry.save_model(spec, pipeline, metrics=metrics.as_dict(), train_data_uri=train_uri)
-    run_id = _record_training_run(
-        settings,
-        run_key,
-        status="trained",
-        reason="initial champion",
-        challenger_tag=tag,
-        metrics={"challenger": metrics.as_dict()},
-        gates=[asdict(g) for g in verdict.gates],
-    )
-    with connect(ensure_database(settings)) as conn:
-        registry.register(
-            conn,
-            model_name=spec.name,
-            tag=tag,
-            metrics=metrics.as_dict(),
-            train_data_uri=train_uri,
-            training_run_id=run_id,
-        )
-    built = build_challenger_bento(settings, {"challenger_tag": tag})
-    return promote(settings, run_key, built) | {"metrics": metrics.as_dict()}

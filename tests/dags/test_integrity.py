@@ -13,7 +13,7 @@ import json, os, sys, time
 from airflow.dag_processing.dagbag import DagBag
 started = time.monotonic()
 bag = DagBag(dag_folder=sys.argv[1])
-dag = bag.dags.get("driftloop_retrain")
+dag = bag.dags.get("driftloop_retrain__churn")
 print(json.dumps({
     "errors": {k: str(v) for k, v in bag.import_errors.items()},
     "tasks": sorted(dag.task_ids) if dag else [],

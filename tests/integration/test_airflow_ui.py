@@ -29,7 +29,7 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-DAG_ID = "driftloop_retrain"
+DAG_ID = "driftloop_retrain__churn"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Generous bounds: a fresh metadata DB is migrated first, and the machine is small and shared.
 STARTUP_TIMEOUT = 420.0

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from training.settings import Settings
 
-__all__ = ["Progress", "positive_int", "store", "task_progress"]
+__all__ = ["Progress", "add_model_argument", "positive_int", "store", "task_progress"]
 
 
 class Progress:
@@ -43,3 +43,11 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
     return value
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        metavar="NAME",
+        help="which model (a spec's name); needed when the deployment has several",
+    )

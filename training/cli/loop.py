@@ -6,7 +6,7 @@ import argparse
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from training.cli.common import Progress, store, task_progress
+from training.cli.common import Progress, add_model_argument, store, task_progress
 from training.errors import DriftloopError
 from training.settings import Settings
 
@@ -140,17 +140,32 @@ def print_summary(summary: dict[str, Any]) -> None:
     print("=" * 72)
 
 
+# The demo's --reset forgets its own model only: other models of the deployment keep their data.
+_FORGET_MODEL = (
+    "DELETE FROM feedback WHERE request_id IN"
+    " (SELECT request_id FROM predictions WHERE model_name = %(m)s)",
+    "DELETE FROM predictions WHERE model_name = %(m)s",
+    "DELETE FROM deployments WHERE model_name = %(m)s",
+    "DELETE FROM model_versions WHERE model_name = %(m)s",
+    "DELETE FROM training_runs WHERE model_name = %(m)s",
+    "DELETE FROM drift_runs WHERE model_name = %(m)s",
+)
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from training import registry
     from training.airflow_local import airflow_env, dags_test, migrate
-    from training.retrain import bootstrap_champion
+    from training.champion import bootstrap_champion
     from training.simulate import simulate_traffic
-    from training.spec import load_spec
-    from training.store import connect, reset
+    from training.spec import BUILTIN_SPEC, load_spec
+    from training.store import connect
     from training.synthetic import Scenario, generate
 
     step = Progress()
-    spec = load_spec(settings.model_spec)
+    # The demo's data is synthetic churn: it always runs the built-in spec (and only its DAG),
+    # whatever models the deployment's folder holds.
+    settings = settings.model_copy(update={"model_spec": BUILTIN_SPEC})
+    spec = load_spec(BUILTIN_SPEC)
     url = store(settings)
     with connect(url) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM predictions WHERE model_name = %s", (spec.name,))
@@ -161,13 +176,13 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             "run `driftloop demo --reset` to drop them and start over"
         )
     if args.reset:
-        with connect(url) as conn:
-            reset(conn)
-        url = store(settings)
+        with connect(url) as conn, conn.cursor() as cur:
+            for statement in _FORGET_MODEL:
+                cur.execute(statement, {"m": spec.name})
     step(f"PostgreSQL ready ({url})")
 
     initial = generate(args.initial_rows, seed=args.seed)
-    champion = bootstrap_champion(settings, initial)
+    champion = bootstrap_champion(settings, initial, spec=spec)
     step(
         f"champion v{champion['version']} trained on {args.initial_rows} synthetic subscribers "
         f"(ROC AUC {champion['metrics']['roc_auc']:.3f}); Bento {champion['bento_tag']}"
@@ -197,32 +212,46 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     step(f"Airflow metadata DB migrated ({setup.home})")
     log = setup.home / "demo-dags-test.log"
     step(f"running the retrain DAG with `airflow dags test` (log: {log}) ...")
-    dags_test(setup, {"window_days": args.window_days, "force": False}, log, task_progress(step))
+    dags_test(
+        setup,
+        spec.name,
+        {"window_days": args.window_days, "force": False},
+        log,
+        task_progress(step),
+    )
     step("retrain DAG run succeeded")
 
     print_summary(summary(settings, url, spec.name))
     with connect(url) as conn:
         current = registry.champion(conn, spec.name)
     if current is not None:
-        print(f"\nserve it:  uv run driftloop serve      (= bentoml serve {current.bento_tag})")
+        print(
+            f"\nserve it:  uv run driftloop serve --model {spec.name}"
+            f"      (= bentoml serve {current.bento_tag})"
+        )
     return 0
 
 
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from training.airflow_local import airflow_env, dags_test, migrate
-    from training.spec import load_spec
+    from training.models import dag_id, select_spec
 
     step = Progress()
+    name = select_spec(settings, args.model).name
     url = store(settings)
     setup = airflow_env(settings)
     migrate(setup)
-    log = setup.home / f"retrain-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
-    step(f"running the retrain DAG (log: {log}) ...")
+    log = setup.home / f"retrain-{name}-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
+    step(f"running {dag_id(name)} (log: {log}) ...")
     dags_test(
-        setup, {"window_days": args.window_days, "force": args.force}, log, task_progress(step)
+        setup,
+        name,
+        {"window_days": args.window_days, "force": args.force},
+        log,
+        task_progress(step),
     )
     step("retrain DAG run succeeded")
-    print_summary(summary(settings, url, load_spec(settings.model_spec).name))
+    print_summary(summary(settings, url, name))
     return 0
 
 
@@ -234,10 +263,18 @@ def cmd_airflow(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from training.spec import load_spec
+    from training.models import model_entries
 
+    names = [args.model] if args.model else list(model_entries(settings))
+    if args.model:
+        from training.models import select_spec
+
+        select_spec(settings, args.model)
     url = store(settings)
-    print_summary(summary(settings, url, load_spec(settings.model_spec).name))
+    for name in names:
+        if len(names) > 1:
+            print(f"\n# model {name}")
+        print_summary(summary(settings, url, name))
     return 0
 
 
@@ -264,11 +301,13 @@ def add_parsers(sub: Any) -> None:
     retrain = sub.add_parser("retrain", help="run the retrain DAG once with `airflow dags test`")
     retrain.add_argument("--force", action="store_true", help="retrain even without drift")
     retrain.add_argument("--window-days", type=float, default=7.0)
+    add_model_argument(retrain)
     retrain.set_defaults(func=cmd_retrain)
 
     airflow = sub.add_parser("airflow", help="Airflow UI, scheduler and dag-processor")
     airflow.add_argument("--port", type=int, default=8080)
     airflow.set_defaults(func=cmd_airflow)
 
-    status = sub.add_parser("status", help="the champion and the last retrain run")
+    status = sub.add_parser("status", help="each model's champion and last retrain run")
+    status.add_argument("--model", help="one model only (default: every model)")
     status.set_defaults(func=cmd_status)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from training.cli.common import Progress, positive_int, store
+from training.cli.common import Progress, add_model_argument, positive_int, store
 from training.errors import DriftloopError
 from training.settings import Settings
 
@@ -20,7 +20,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from training.store import connect
 
     url = store(settings)
-    model_tag, bento_tag, version = champion_bento(settings, url)
+    model_tag, bento_tag, version = champion_bento(settings, url, args.model)
     command = ["bentoml", "serve", bento_tag, "--port", str(args.port), "--host", args.host]
     env = dict(os.environ, DRIFTLOOP_HOME=str(settings.home), DRIFTLOOP_DATABASE_URL=url)
     if args.workers is not None:
@@ -47,16 +47,21 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0  # pragma: no cover
 
 
-def champion_bento(settings: Settings, url: str) -> tuple[str, str, int]:
+def champion_bento(settings: Settings, url: str, model: str | None) -> tuple[str, str, int]:
     from training import registry
-    from training.spec import load_spec
+    from training.models import select_spec
     from training.store import connect
 
-    name = load_spec(settings.model_spec).name
+    name = select_spec(settings, model).name
     with connect(url) as conn:
         current = registry.champion(conn, name)
     if current is None or current.bento_tag is None:
-        raise DriftloopError(f"no champion of {name} with a Bento yet; run `driftloop demo` first")
+        first = (
+            "run `driftloop demo` first"
+            if name == "churn"
+            else f"train one with `driftloop train --model {name} --data PATH`"
+        )
+        raise DriftloopError(f"no champion of {name} with a Bento yet; {first}")
     return current.tag, current.bento_tag, current.version
 
 
@@ -95,7 +100,7 @@ def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
         bento_tag = args.bento
         model_tag = _bento_model_tag(bento_tag)
     else:
-        model_tag, bento_tag, _ = champion_bento(settings, url)
+        model_tag, bento_tag, _ = champion_bento(settings, url, args.model)
     backend = container.resolve_backend(args.backend or settings.image_backend, dict(os.environ))
     built = container.containerize(
         settings,
@@ -144,6 +149,7 @@ def add_parsers(sub: Any) -> None:
         type=positive_int,
         help="server worker processes (default: the Bento's own, 1); each has its own spool",
     )
+    add_model_argument(serve)
     serve.set_defaults(func=cmd_serve)
 
     image = sub.add_parser(
@@ -153,6 +159,7 @@ def add_parsers(sub: Any) -> None:
         "containerize`, tagged <repository>:<Bento version>. Defaults come from DRIFTLOOP_IMAGE_*.",
     )
     image.add_argument("--bento", help="a Bento tag instead of the champion's")
+    add_model_argument(image)
     image.add_argument(
         "--backend",
         choices=["docker", "buildx", "buildah", "podman", "auto"],
