@@ -91,7 +91,7 @@ def test_serve_runs_the_champions_bento_and_records_the_deployment(
 
     import bentoml
 
-    from training.retrain import bootstrap_champion
+    from training.champion import bootstrap_champion
     from training.settings import get_settings
     from training.spec import load_spec
     from training.store import connect

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from training.airflow_local import DagTestResult, airflow_env, dag_test, migrate
-from training.retrain import bootstrap_champion
+from training.champion import bootstrap_champion
 from training.settings import get_settings
 from training.simulate import simulate_traffic
 from training.store import connect

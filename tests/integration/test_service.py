@@ -63,7 +63,7 @@ def champion_environment(server_url: str, home: Path) -> Iterator[Champion]:
     serve``) and in-process services read the same settings.
     """
     from training.postgres import create_database, with_database
-    from training.retrain import bootstrap_champion
+    from training.champion import bootstrap_champion
     from training.settings import get_settings
     from training.synthetic import generate
 
