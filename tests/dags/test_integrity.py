@@ -15,6 +15,7 @@ started = time.monotonic()
 bag = DagBag(dag_folder=sys.argv[1])
 dag = bag.dags.get("driftloop_retrain__churn")
 print(json.dumps({
+    "dag_ids": sorted(bag.dags),
     "errors": {k: str(v) for k, v in bag.import_errors.items()},
     "tasks": sorted(dag.task_ids) if dag else [],
     "schedule": str(dag.schedule) if dag else None,
@@ -25,7 +26,7 @@ print(json.dumps({
 """
 
 
-def _parse(tmp_path: Path) -> dict[str, object]:
+def _parse(tmp_path: Path, **extra_env: str) -> dict[str, object]:
     import json
 
     env = {
@@ -35,6 +36,8 @@ def _parse(tmp_path: Path) -> dict[str, object]:
         # Parsing must not need a database: point every setting at nowhere.
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/never-created.db",
         "DRIFTLOOP_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+        "DRIFTLOOP_MODELS": str(tmp_path / "no-models-here"),
+        **extra_env,
     }
     result = subprocess.run(
         [sys.executable, "-c", _PARSE, str(DAG_FILE)],
@@ -72,3 +75,28 @@ def test_parsing_imports_no_heavy_library(tmp_path: Path) -> None:
     """Tasks import the training code when they run; the scheduler's parse stays light."""
     assert _parse(tmp_path)["heavy_modules"] == []
     assert not (tmp_path / "never-created.db").exists()
+
+
+def test_one_dag_per_model_in_the_models_folder(tmp_path: Path) -> None:
+    builtin = Path(__file__).parents[2] / "training" / "specs" / "churn.yaml"
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("telco", "fraud"):
+        (models / f"{name}.yaml").write_text(
+            builtin.read_text().replace("name: churn", f"name: {name}")
+        )
+    parsed = _parse(tmp_path, DRIFTLOOP_MODELS=str(models))
+    assert parsed["errors"] == {}
+    assert parsed["dag_ids"] == ["driftloop_retrain__fraud", "driftloop_retrain__telco"]
+
+
+def test_a_broken_spec_shows_as_an_import_error_naming_it(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "bad.yaml").write_text(
+        "name: bad\ntarget: y\nfeatures: []\nmodel: {family: lightgbm}\n"
+    )
+    parsed = _parse(tmp_path, DRIFTLOOP_MODELS=str(models))
+    [message] = parsed["errors"].values()  # type: ignore[attr-defined]
+    assert "bad.yaml" in message
+    assert "features" in message
