@@ -9,6 +9,8 @@ export UV_SYSTEM_CERTS ?= 1
 export BENTOML_DO_NOT_TRACK ?= true
 PORT ?= 3000
 AIRFLOW_PORT ?= 8080
+# MODEL=<name> picks one model where the deployment has several (models/*.yaml).
+MODEL_ARG = $(if $(MODEL),--model $(MODEL))
 
 .PHONY: help setup demo serve airflow retrain status image image-tools bench-serving test lint typecheck check stop clean
 
@@ -22,20 +24,20 @@ setup: ## install uv (from PyPI) if missing, then the locked environment in .ven
 demo: ## the whole loop on embedded defaults, with a summary (starts over each time)
 	$(UV) run --frozen driftloop demo --reset
 
-serve: ## serve the champion's Bento on http://127.0.0.1:3000 (PORT=..., WORKERS=... to change)
-	$(UV) run --frozen driftloop serve --port $(PORT) $(if $(WORKERS),--workers $(WORKERS))
+serve: ## serve the champion's Bento on http://127.0.0.1:3000 (PORT=..., WORKERS=..., MODEL=...)
+	$(UV) run --frozen driftloop serve --port $(PORT) $(if $(WORKERS),--workers $(WORKERS)) $(MODEL_ARG)
 
 airflow: ## Airflow UI, scheduler and dag-processor on http://127.0.0.1:8080 (AIRFLOW_PORT=...)
 	$(UV) run --frozen driftloop airflow --port $(AIRFLOW_PORT)
 
-retrain: ## run the retrain DAG once now (airflow dags test)
-	$(UV) run --frozen driftloop retrain
+retrain: ## run the retrain DAG once now (airflow dags test; MODEL=... with several models)
+	$(UV) run --frozen driftloop retrain $(MODEL_ARG)
 
-status: ## the champion and the last retrain run
-	$(UV) run --frozen driftloop status
+status: ## each model's champion and last retrain run (MODEL=... for one)
+	$(UV) run --frozen driftloop status $(MODEL_ARG)
 
 image: ## build the champion's OCI image with bentoml containerize, run it and check it (IMAGE_ARGS=...)
-	$(UV) run --frozen driftloop image --check $(IMAGE_ARGS)
+	$(UV) run --frozen driftloop image --check $(MODEL_ARG) $(IMAGE_ARGS)
 
 image-tools: ## install buildah, podman, runc and debootstrap (Debian/Ubuntu, as root or with sudo) for daemonless builds
 	@missing=""; for tool in buildah podman runc debootstrap; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
