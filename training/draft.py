@@ -155,11 +155,9 @@ def draft_spec(
         )
     frame = frame.rename(columns=str)
     columns = list(frame.columns)
-    for role, column in (("target", target), ("time column", time_column)):
+    for role, column in (("target column", target), ("time column", time_column)):
         if column is not None and column not in columns:
-            raise DraftError(
-                f"{source} has no {role} column {column!r} (columns: {', '.join(columns)})"
-            )
+            raise DraftError(f"{source} has no {role} {column!r} (columns: {', '.join(columns)})")
     if time_column == target:
         raise DraftError(f"{target!r} cannot be both the target and the time column")
 
