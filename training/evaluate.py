@@ -9,7 +9,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 
-from training.features import feature_frame
+from training.features import feature_frame, refuse_missing
 from training.spec import GatePolicy, ModelSpec
 from training.train import labels
 
@@ -48,8 +48,15 @@ class Verdict:
 
 
 def score(pipeline: Pipeline, spec: ModelSpec, frame: pd.DataFrame) -> np.ndarray:
-    """Probability of the positive class for each row."""
-    proba = pipeline.predict_proba(feature_frame(spec, frame))
+    """Probability of the positive class for each row.
+
+    Raises:
+        ValueError: a feature column is missing, or a non-nullable number is missing where the
+            family cannot take it (the message names the feature).
+    """
+    features = feature_frame(spec, frame)
+    refuse_missing(spec, features)
+    proba = pipeline.predict_proba(features)
     return np.asarray(proba[:, 1], dtype="float64")
 
 

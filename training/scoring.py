@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.special import expit  # type: ignore[import-untyped]
 from sklearn.compose import ColumnTransformer
+from sklearn.impute import MissingIndicator, SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import (
@@ -29,15 +30,12 @@ from sklearn.preprocessing import (
     StandardScaler,
 )
 
+from training.features import MISSING_CATEGORY
 from training.spec import ModelSpec
 
 __all__ = ["FastScorer"]
 
 Family = Literal["lightgbm", "logistic_regression"]
-
-# feature_frame fills absent categorical values with this before encoding; a spec could list it as
-# a category, so a None must take whatever code this string has, not blindly "unknown".
-MISSING_CATEGORY: Final = "__missing__"
 
 # LightGBM's sklearn wrapper forwards every estimator parameter to Booster.predict; of those, only
 # the prediction early-stopping ones change the numbers (num_threads changes only the speed).
@@ -50,6 +48,10 @@ _V = TypeVar("_V")
 
 class _Lookup(dict[object, _V]):
     """Category → code, resolving misses the way ``feature_frame`` + the encoder would.
+
+    ``feature_frame`` fills absent categorical values with ``MISSING_CATEGORY``; a nullable feature's
+    encoder (or a spec) lists it as a category, so a None takes whatever code it has, not blindly
+    "unknown".
 
     Hits (known strings, and None) are a plain dict lookup; only misses reach ``__missing__``.
     """
@@ -89,6 +91,15 @@ class _Numeric:
     column: int
     mean: float | None  # None: passed through untouched
     scale: float | None
+    fill: float | None = (
+        None  # what a missing value becomes (SimpleImputer's statistic); None: kept
+    )
+
+
+@dataclass(frozen=True)
+class _Indicator:
+    name: str
+    column: int  # 1.0 there when the value is missing (MissingIndicator)
 
 
 def _lacking(records: Sequence[Mapping[str, Any]], error: KeyError) -> ValueError | KeyError:
@@ -168,13 +179,73 @@ def _fitted(estimator: Any, attribute: str, what: str) -> None:
         raise ValueError(f"the pipeline's {what} is not fitted")
 
 
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float | np.floating) and math.isnan(value)
+
+
+def _imputer_fills(imputer: SimpleImputer, label: str, names: list[str]) -> list[float]:
+    """The value a SimpleImputer puts in place of a missing one, per feature."""
+    _fitted(imputer, "statistics_", f"imputer of block {label!r}")
+    if not _is_nan(imputer.missing_values) or imputer.add_indicator:
+        raise ValueError(
+            f"the imputer of block {label!r} must fill NaN and add no indicator of its own"
+        )
+    fills = [float(v) for v in imputer.statistics_]
+    if len(fills) != len(names):
+        raise ValueError(f"the imputer of block {label!r} has {len(fills)} values for {names}")
+    empty = [n for n, v in zip(names, fills, strict=True) if not math.isfinite(v)]
+    if empty:
+        # keep_empty_features=False: an all-missing training column is dropped, not filled.
+        raise ValueError(f"the imputer of block {label!r} has no value to fill {empty} with")
+    return fills
+
+
+def _numeric_steps(
+    transformer: Any, label: str
+) -> tuple[SimpleImputer | None, StandardScaler | None]:
+    """The imputer and scaler a numeric block applies, in that order (either may be absent)."""
+    if _is_passthrough(transformer):
+        return None, None
+    if isinstance(transformer, SimpleImputer):
+        return transformer, None
+    if isinstance(transformer, StandardScaler):
+        return None, transformer
+    steps = [step for _, step in transformer.steps]
+    if (
+        len(steps) != 2
+        or not isinstance(steps[0], SimpleImputer)
+        or not isinstance(steps[1], StandardScaler)
+    ):
+        kinds = [type(step).__name__ for step in steps]
+        raise ValueError(
+            f"preprocess block {label!r} is a Pipeline of {kinds}, not [SimpleImputer, StandardScaler]"
+        )
+    return steps[0], steps[1]
+
+
+def _indicator_columns(indicator: MissingIndicator, label: str, names: list[str]) -> None:
+    """Check that a MissingIndicator gives one column per feature it reads, 1.0 where NaN."""
+    _fitted(indicator, "features_", f"missing indicator of block {label!r}")
+    if (
+        indicator.features != "all"
+        or not _is_nan(indicator.missing_values)
+        or list(indicator.features_) != list(range(len(names)))
+    ):
+        raise ValueError(
+            f"the missing indicator of block {label!r} must flag NaN in every feature it reads "
+            "(features='all')"
+        )
+
+
 class FastScorer:
     """The positive-class probability a fitted ``build_pipeline`` pipeline gives, without pandas.
 
     Records are dicts keyed by feature name (extra keys are ignored), validated as the service
-    does: numerics int/float or None, categoricals str or None. Conversions follow
-    ``feature_frame``: a None numeric is NaN; a None categorical is ``"__missing__"``, which like any
-    category the encoder never saw encodes as unknown (ordinal ``unknown_value``, one-hot all zeros).
+    does: numerics int/float or None, categoricals str or None; a nullable feature may also be
+    absent, which is the same as None. Conversions follow ``feature_frame``: a None numeric is NaN
+    (a nullable one then takes its imputed value and sets its missing-indicator column); a None
+    categorical is ``MISSING_CATEGORY``, which a nullable feature's encoder knows as a category and
+    any other encodes as unknown (ordinal ``unknown_value``, one-hot all zeros).
 
     Exactness: for LightGBM, ``score`` calls the same booster on the same float64 matrix the pipeline
     would build, so the result is bit-identical to ``evaluate.score``, batch or single record. For
@@ -195,6 +266,8 @@ class FastScorer:
         ordinals: tuple[_Ordinal, ...],
         one_hots: tuple[_OneHot, ...],
         numerics: tuple[_Numeric, ...],
+        indicators: tuple[_Indicator, ...],
+        nullable: tuple[str, ...],
         estimator: Any,
         predict_params: Mapping[str, Any],
         threads: int,
@@ -206,6 +279,7 @@ class FastScorer:
         # gives then convert with one C-level map or array call each, for one record or a batch.
         names = [o.name for o in ordinals] + [h.name for h in one_hots] + [n.name for n in numerics]
         self._get = _getter(names)
+        self._nullable = nullable
         self._ordinal_end = len(ordinals)
         self._hot_end = self._ordinal_end + len(one_hots)
         self._ordinal_codes = tuple(o.codes for o in ordinals)
@@ -213,6 +287,18 @@ class FastScorer:
         self._hot_columns = tuple(h.columns for h in one_hots)
         self._numeric_names = tuple(n.name for n in numerics)
         self._numeric_columns = np.array([n.column for n in numerics], dtype=np.intp)
+        # Rows of the numbers array (one per numeric feature) that are imputed, that are flagged
+        # when missing, and that must hold a finite number for a logistic regression.
+        row = {n.name: i for i, n in enumerate(numerics)}
+        filled = [i for i, n in enumerate(numerics) if n.fill is not None]
+        self._filled_rows = np.array(filled, dtype=np.intp)
+        self._fills = np.array([[numerics[i].fill] for i in filled], dtype=np.float64)
+        self._indicator_rows = np.array([row[i.name] for i in indicators], dtype=np.intp)
+        self._indicator_columns = np.array([i.column for i in indicators], dtype=np.intp)
+        # sklearn's imputer and indicator refuse infinity (NaN is what they look for).
+        self._guarded_rows = np.union1d(self._filled_rows, self._indicator_rows).astype(np.intp)
+        strict = [i for i, n in enumerate(numerics) if n.fill is None]
+        self._strict_rows = None if not filled else np.array(strict, dtype=np.intp)
         scaled = any(n.mean is not None or n.scale is not None for n in numerics)
         # x - 0.0 and x / 1.0 are exact for every float, so unscaled columns can share the arrays.
         self._means = (
@@ -249,8 +335,8 @@ class FastScorer:
 
         Raises:
             ValueError: the pipeline is unfitted or not of a shape ``build_pipeline`` makes (other
-                estimator, transformers, encoder settings or class labels), or it does not match
-                the spec's family and features; the message says what differs.
+                estimator, transformers, encoder, imputer or indicator settings or class labels),
+                or it does not match the spec's family and features; the message says what differs.
         """
         if not isinstance(pipeline, Pipeline) or len(pipeline.steps) != 2:
             raise ValueError("expected a two-step sklearn Pipeline (preprocess, model)")
@@ -272,12 +358,13 @@ class FastScorer:
         kinds = {f.name: f.type for f in spec.features}
         names_in = [str(n) for n in preprocess.feature_names_in_]
         expected: dict[Family, tuple[type, ...]] = {
-            "lightgbm": (OrdinalEncoder,),
-            "logistic_regression": (OneHotEncoder, StandardScaler),
+            "lightgbm": (OrdinalEncoder, SimpleImputer, MissingIndicator),
+            "logistic_regression": (OneHotEncoder, StandardScaler, Pipeline, MissingIndicator),
         }
         ordinals: list[_Ordinal] = []
         one_hots: list[_OneHot] = []
         numerics: list[_Numeric] = []
+        indicators: list[_Indicator] = []
         seen: list[str] = []
         for label, transformer, columns in preprocess.transformers_:
             names = _column_names(columns, names_in)
@@ -285,6 +372,8 @@ class FastScorer:
                 if names:
                     raise ValueError(f"preprocess block {label!r} drops features {names}")
                 continue
+            if not names:
+                continue  # reads nothing, gives nothing (and was never fitted)
             out: slice = preprocess.output_indices_[label]
             passthrough = _is_passthrough(transformer)
             if passthrough and family != "lightgbm":
@@ -303,6 +392,11 @@ class FastScorer:
                 raise ValueError(
                     f"preprocess block {label!r} reads {wrong}, not {wanted} spec features"
                 )
+            if isinstance(transformer, MissingIndicator):
+                # Flags features that another block gives the values of: not counted as read.
+                _indicator_columns(transformer, label, names)
+                indicators.extend(_Indicator(n, out.start + i) for i, n in enumerate(names))
+                continue
             seen.extend(names)
             if isinstance(transformer, OrdinalEncoder):
                 if transformer.handle_unknown != "use_encoded_value":
@@ -327,8 +421,15 @@ class FastScorer:
                     )
                     offset += len(cats)
             else:
+                imputer, scaler = _numeric_steps(transformer, label)
+                fills = (
+                    [None] * len(names)
+                    if imputer is None
+                    else _imputer_fills(imputer, label, names)
+                )
+                if scaler is not None:
+                    _fitted(scaler, "scale_", f"scaler of block {label!r}")
                 # A scaler with with_mean/with_std off keeps statistics it does not apply.
-                scaler = None if passthrough else transformer
                 mean = scaler.mean_ if scaler is not None and scaler.with_mean else None
                 scale = scaler.scale_ if scaler is not None and scaler.with_std else None
                 for i, name in enumerate(names):
@@ -338,12 +439,16 @@ class FastScorer:
                             out.start + i,
                             None if mean is None else float(mean[i]),
                             None if scale is None else float(scale[i]),
+                            fills[i],
                         )
                     )
         if sorted(seen) != sorted(spec.feature_names):
             raise ValueError(
                 f"the preprocess step reads {sorted(seen)}, not the spec's features {sorted(spec.feature_names)}"
             )
+        stray = [i.name for i in indicators if i.name not in {n.name for n in numerics}]
+        if stray:
+            raise ValueError(f"the preprocess step flags {stray} missing but gives no value for it")
         width = max(s.stop for s in preprocess.output_indices_.values())
         blocks = sum(s.stop - s.start for s in preprocess.output_indices_.values())
         if family == "lightgbm":
@@ -367,32 +472,54 @@ class FastScorer:
             ordinals=tuple(ordinals),
             one_hots=tuple(one_hots),
             numerics=tuple(numerics),
+            indicators=tuple(indicators),
+            nullable=tuple(f.name for f in spec.features if f.nullable),
             estimator=estimator,
             predict_params={k: params[k] for k in _PREDICT_PARAMS if k in params},
             threads=num_threads if num_threads is not None else _threads(threads),
         )
 
+    def _columns(self, records: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+        """Each feature's values across ``records``; an absent nullable feature reads as None.
+
+        Raises:
+            ValueError: a record lacks a feature that is not nullable (the message names it).
+        """
+        try:
+            return list(zip(*map(self._get, records), strict=True))
+        except KeyError as exc:
+            if not self._nullable:
+                raise _lacking(records, exc) from None
+        # Rare (validated requests carry every field, null or not): only these records are copied.
+        absent = dict.fromkeys(self._nullable)
+        completed = [
+            record if all(n in record for n in self._nullable) else {**absent, **record}
+            for record in records
+        ]
+        try:
+            return list(zip(*map(self._get, completed), strict=True))
+        except KeyError as exc:
+            raise _lacking(completed, exc) from None
+
     def matrix(self, records: Sequence[Mapping[str, Any]]) -> NDArray[np.float64]:
         """The float64 matrix the pipeline's preprocess step gives for ``records``.
 
         Args:
-            records: feature dicts; extra keys are ignored.
+            records: feature dicts; extra keys are ignored, absent nullable features are None.
 
         Returns:
             One row per record, columns in the ColumnTransformer's output order.
 
         Raises:
-            ValueError: a record lacks a feature, or (logistic regression) a numeric value is
-                missing or not finite; the message names the feature.
+            ValueError: a record lacks a non-nullable feature, a nullable numeric value is
+                infinite, or (logistic regression) a non-nullable numeric value is missing or not
+                finite; the message names the feature.
         """
         n = len(records)
         out = (np.zeros if self._hot_columns else np.empty)((n, self._width), dtype=np.float64)
         if n == 0:
             return out
-        try:
-            columns = list(zip(*map(self._get, records), strict=True))
-        except KeyError as exc:
-            raise _lacking(records, exc) from None
+        columns = self._columns(records)
         for codes, column, values in zip(
             self._ordinal_codes, self._ordinal_columns, columns, strict=False
         ):
@@ -412,11 +539,26 @@ class FastScorer:
         if not self._numeric_names:
             return out
         numbers = _numbers(columns[self._hot_end :])
+        if self._guarded_rows.size:
+            infinite = np.isinf(numbers[self._guarded_rows]).any(axis=1)
+            if infinite.any():
+                name = self._numeric_names[self._guarded_rows[int(np.argmax(infinite))]]
+                raise ValueError(f"feature {name!r} is infinite; send a number or null")
+        if self._indicator_rows.size:
+            out[:, self._indicator_columns] = np.isnan(numbers[self._indicator_rows]).T
+        if self._filled_rows.size:
+            # SimpleImputer copies its statistic into the gaps: the same values, hence equal bits.
+            filled = numbers[self._filled_rows]
+            numbers[self._filled_rows] = np.where(np.isnan(filled), self._fills, filled)
         if self._family == "logistic_regression":
-            finite = np.isfinite(numbers).all(axis=1)
+            strict = numbers if self._strict_rows is None else numbers[self._strict_rows]
+            finite = np.isfinite(strict).all(axis=1)
             if not finite.all():
                 # sklearn's LogisticRegression refuses NaN/inf too, with a message naming no column.
-                name = self._numeric_names[int(np.argmin(finite))]
+                row = int(np.argmin(finite))
+                name = self._numeric_names[
+                    row if self._strict_rows is None else self._strict_rows[row]
+                ]
                 raise ValueError(
                     f"feature {name!r} is missing or not finite; the model needs a number"
                 )
