@@ -56,7 +56,9 @@ def prepare_table(spec: ModelSpec, table: pd.DataFrame) -> pd.DataFrame:
     frame = table.copy()
     if spec.target not in frame.columns:
         raise ValueError(f"data lacks the target column {spec.target!r}")
-    frame = frame[frame[spec.target].notna()]
+    # A blank target (" " in a CSV) is an unlabelled row, as an empty one is.
+    blank = frame[spec.target].astype("string").str.strip().fillna("") == ""
+    frame = frame[~blank]
     if frame.empty:
         raise ValueError(f"no row has a value in the target column {spec.target!r}")
     out = feature_frame(spec, frame)

@@ -23,6 +23,7 @@ from training.spec import (
     GatePolicy,
     Label,
     ModelSpec,
+    label_key,
     load_spec,
 )
 
@@ -231,15 +232,6 @@ class _Target:
     positive_share: float
 
 
-def _label_key(value: Any) -> str:
-    """The same equivalence as ``ModelSpec.label_of``: 1, 1.0, "1" and True are one value."""
-    if isinstance(value, bool | np.bool_):
-        return "true" if value else "false"
-    if isinstance(value, float | np.floating) and float(value).is_integer():
-        value = int(value)
-    return str(value).strip().casefold()
-
-
 def _label_value(value: Any) -> Label:
     """A target value as a spec label, keeping its type: text stays text, 1.0 becomes 1."""
     if isinstance(value, bool | np.bool_):
@@ -257,7 +249,7 @@ def _target(values: pd.Series, column: str, positive: str | None, notes: list[st
     # Spellings label_of takes for one value ("Yes", "yes"), most frequent first.
     spellings: dict[str, list[Any]] = {}
     for value in counts.index:
-        spellings.setdefault(_label_key(value), []).append(value)
+        spellings.setdefault(label_key(value), []).append(value)
     shown = ", ".join(repr(_label_value(group[0])) for group in list(spellings.values())[:10])
     if len(spellings) != 2:
         if not spellings:
@@ -277,7 +269,7 @@ def _target(values: pd.Series, column: str, positive: str | None, notes: list[st
             )
         how = "inferred; --positive chooses the other"
     else:
-        positive_key = _label_key(positive)
+        positive_key = label_key(positive)
         if positive_key not in spellings:
             raise DraftError(
                 f"--positive {positive!r} is not a value of target {column!r} (its values: {shown})"

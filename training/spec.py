@@ -7,6 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import (
     BaseModel,
@@ -28,6 +29,7 @@ __all__ = [
     "ModelSpec",
     "SpecError",
     "TrainingPolicy",
+    "label_key",
     "load_spec",
 ]
 
@@ -50,11 +52,12 @@ _YAML_BOOLEAN_TRAP = (
 )
 
 
-def _label_text(value: Label | float) -> str:
-    """How two spellings of a label compare: 1, 1.0, "1" and True are one value; text ignores case."""
-    if isinstance(value, bool):
+def label_key(value: Any) -> str:
+    """How two spellings of a label compare: 1, 1.0, "1" and True are one value; text ignores case
+    and surrounding spaces. (NumPy's booleans and floats count as Python's.)"""
+    if isinstance(value, bool | np.bool_):
         return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float | np.floating) and float(value).is_integer():
         value = int(value)
     return str(value).strip().casefold()
 
@@ -152,7 +155,7 @@ class ModelSpec(_Frozen):
             raise ValueError(f"target {self.target!r} is also listed as a feature")
         if self.time_column is not None and self.time_column in (*names, self.target):
             raise ValueError(f"time_column {self.time_column!r} is also a feature or the target")
-        if _label_text(self.positive_label) == _label_text(self.negative_label):
+        if label_key(self.positive_label) == label_key(self.negative_label):
             raise ValueError(
                 f"positive_label and negative_label are the same value ({self.positive_label!r})"
             )
@@ -169,10 +172,10 @@ class ModelSpec(_Frozen):
                 f"label must be a string, number or boolean, got {type(value).__name__}"
             )
         if value is not None:
-            text = _label_text(value)
-            if text == _label_text(self.positive_label):
+            text = label_key(value)
+            if text == label_key(self.positive_label):
                 return 1
-            if text == _label_text(self.negative_label):
+            if text == label_key(self.negative_label):
                 return 0
             if text in ("0", "1"):
                 return int(text)
