@@ -78,6 +78,21 @@ def _column_drift(metric: dict[str, Any]) -> ColumnDrift:
     return ColumnDrift(config["column"], method, score, threshold, drifted)
 
 
+def _empty_side(column: str, ref: pd.DataFrame, cur: pd.DataFrame) -> ColumnDrift | None:
+    """The verdict on a numeric column one side has no value of (Evidently refuses to compare it).
+
+    A nullable feature missing in every row of the window (an upstream field that stopped coming)
+    or of the reference is drift; missing on both sides, nothing changed.
+    """
+    empty_ref, empty_cur = bool(ref[column].isna().all()), bool(cur[column].isna().all())
+    if not (empty_ref or empty_cur):
+        return None
+    if empty_ref and empty_cur:
+        return ColumnDrift(column, "no values on either side", 0.0, 1.0, drifted=False)
+    side = "current window" if empty_cur else "reference"
+    return ColumnDrift(column, f"no values in the {side}", 1.0, 1.0, drifted=True)
+
+
 def detect_drift(
     spec: ModelSpec,
     reference: pd.DataFrame,
@@ -94,6 +109,10 @@ def detect_drift(
 
     Raises:
         ValueError: either side is empty or lacks a feature column.
+
+    Missing values of nullable features: a categorical's are a category of their own (so a change
+    in how often one is missing shows as drift); a numeric's are left out of its comparison, and a
+    numeric missing in every row of one side is drifted without Evidently (which refuses it).
     """
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
@@ -112,9 +131,14 @@ def detect_drift(
         cur[spec.target] = current.loc[cur.index, spec.target].astype("string")
         cur = cur[cur[spec.target].notna()] if len(cur) else cur
         categorical.append(spec.target)
-    definition = DataDefinition(
-        numerical_columns=spec.numeric_features, categorical_columns=categorical
-    )
+    empty = {
+        c.column: c
+        for c in (_empty_side(name, ref, cur) for name in spec.numeric_features)
+        if c is not None
+    }
+    ref, cur = ref.drop(columns=list(empty)), cur.drop(columns=list(empty))
+    numerical = [name for name in spec.numeric_features if name not in empty]
+    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
     options: dict[str, Any] = {
         "columns": list(ref.columns),
         "drift_share": policy.share_threshold,
@@ -135,7 +159,8 @@ def detect_drift(
         for m in snapshot.dict()["metrics"]
         if m["config"].get("type", "").endswith("ValueDrift")
     ]
-    features = tuple(c for c in per_column if c.column in spec.feature_names)
+    compared = {c.column: c for c in per_column} | empty
+    features = tuple(compared[name] for name in spec.feature_names if name in compared)
     target = next((c for c in per_column if c.column == spec.target), None)
     share = sum(c.drifted for c in features) / len(features)
     return DriftResult(

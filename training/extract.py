@@ -44,6 +44,8 @@ def extract_window(
 ) -> pd.DataFrame:
     """All predictions of ``spec``'s model in ``[start, end)``, the target empty where unlabelled.
 
+    A feature logged as null, or not logged at all (a field the request omitted), is NaN.
+
     Streams the rows with ``COPY ... TO STDOUT`` (one round trip, no per-row fetches).
     """
     if end <= start:
@@ -58,10 +60,14 @@ def extract_window(
     dtypes: dict[Hashable, str] = {"request_id": "object", "model_version": "object"}
     dtypes.update({f.name: "float64" for f in spec.features if f.type == "numeric"})
     dtypes.update({f.name: "object" for f in spec.features if f.type == "categorical"})
+    # COPY writes NULL (a null or absent feature, an unlabelled row) as an empty field. Only that
+    # is missing: pandas' default would also read a category spelt "NA", "None" or "null" as one.
     frame = pd.read_csv(
         buffer,
         dtype=dtypes,
         parse_dates=["created_at"],
+        keep_default_na=False,
+        na_values=[""],
     )
     frame[spec.target] = frame[spec.target].astype("Int64")
     return frame

@@ -20,6 +20,7 @@ from training.errors import NotFoundError, StoreUnavailable
 
 __all__ = [
     "FeedbackOutcome",
+    "FeedbackRow",
     "PredictionRecord",
     "applied_migrations",
     "connect",
@@ -365,6 +366,8 @@ def copy_predictions(conn: Connection, data: bytes | IO[bytes]) -> int:
 
 
 FeedbackStatus = Literal["created", "updated", "unchanged"]
+# (request_id, label 0/1, received_at or None for now, and optionally the label as it was sent).
+FeedbackRow = tuple[str, int, datetime | None] | tuple[str, int, datetime | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -374,28 +377,68 @@ class FeedbackOutcome:
     status: FeedbackStatus
 
 
+# A label sent again in another spelling ("Yes", then 1) is the same label: nothing is written,
+# and the spelling first sent stays in raw_label.
 _FEEDBACK_UPSERT = """
-INSERT INTO feedback (request_id, label, received_at)
-SELECT p.request_id, %(label)s, COALESCE(%(received_at)s, now())
+INSERT INTO feedback (request_id, label, raw_label, received_at)
+SELECT p.request_id, %(label)s, %(raw_label)s, COALESCE(%(received_at)s, now())
 FROM predictions p WHERE p.request_id = %(request_id)s
 ON CONFLICT (request_id) DO UPDATE
     SET label = EXCLUDED.label,
+        raw_label = EXCLUDED.raw_label,
         received_at = EXCLUDED.received_at,
         revisions = feedback.revisions + 1
     WHERE feedback.label IS DISTINCT FROM EXCLUDED.label
 RETURNING (xmax = 0) AS inserted
 """
 
+_FEEDBACK_MANY = (
+    "INSERT INTO feedback (request_id, label, raw_label, received_at) VALUES %s"
+    " ON CONFLICT (request_id) DO UPDATE SET label = EXCLUDED.label,"
+    " raw_label = EXCLUDED.raw_label, received_at = EXCLUDED.received_at,"
+    " revisions = feedback.revisions + 1"
+    " WHERE feedback.label IS DISTINCT FROM EXCLUDED.label"
+)
+
+
+def _check_label(request_id: str, label: int) -> None:
+    # The table takes any smallint; the loop trains on 0/1 only.
+    if isinstance(label, bool) or label not in (0, 1):
+        raise ValueError(
+            f"feedback label for {request_id!r} must be 0 or 1 (normalise it with "
+            f"ModelSpec.label_of), got {label!r}"
+        )
+
 
 def record_feedback(
-    conn: Connection, request_id: str, label: int, received_at: datetime | None = None
+    conn: Connection,
+    request_id: str,
+    label: int,
+    received_at: datetime | None = None,
+    *,
+    raw_label: str | None = None,
 ) -> FeedbackOutcome:
     """Store the ground truth for one prediction; the latest differing label wins.
 
+    Args:
+        conn: the store.
+        request_id: the prediction's request id.
+        label: the outcome normalised to 0/1 (what the loop trains on).
+        received_at: when it arrived; now when None.
+        raw_label: the label as it was sent ("Yes", "1", "true"), kept in ``feedback.raw_label``;
+            written with the label, so a different spelling of the same label changes nothing.
+
     Raises:
         NotFoundError: no prediction carries ``request_id``.
+        ValueError: ``label`` is not 0 or 1.
     """
-    params = {"request_id": request_id, "label": label, "received_at": received_at}
+    _check_label(request_id, label)
+    params = {
+        "request_id": request_id,
+        "label": label,
+        "raw_label": raw_label,
+        "received_at": received_at,
+    }
     with conn.cursor() as cur:
         cur.execute(_FEEDBACK_UPSERT, params)
         row = cur.fetchone()
@@ -407,19 +450,26 @@ def record_feedback(
     return FeedbackOutcome(request_id, label, "unchanged")
 
 
-def record_feedback_many(
-    conn: Connection, labels: Sequence[tuple[str, int, datetime | None]]
-) -> int:
-    """Bulk feedback for known request ids (the demo's delayed labels); returns rows written."""
+def record_feedback_many(conn: Connection, labels: Sequence[FeedbackRow]) -> int:
+    """Bulk feedback for known request ids (the demo's delayed labels); returns rows written.
+
+    Args:
+        conn: the store.
+        labels: ``(request_id, label, received_at)`` rows, or ``(request_id, label, received_at,
+            raw_label)`` to keep the label as it was sent; labels are 0/1, received_at None is now.
+
+    Raises:
+        ValueError: a label is not 0 or 1 (nothing is written).
+    """
+    rows = [(*row, None) if len(row) == 3 else row for row in labels]
+    for request_id, label, *_ in rows:
+        _check_label(request_id, label)
     with conn.cursor() as cur:
         psycopg2.extras.execute_values(
             cur,
-            "INSERT INTO feedback (request_id, label, received_at) VALUES %s"
-            " ON CONFLICT (request_id) DO UPDATE SET label = EXCLUDED.label,"
-            " received_at = EXCLUDED.received_at, revisions = feedback.revisions + 1"
-            " WHERE feedback.label IS DISTINCT FROM EXCLUDED.label",
-            labels,
-            template="(%s, %s, COALESCE(%s, now()))",
+            _FEEDBACK_MANY,
+            [(request_id, label, raw, at) for request_id, label, at, raw in rows],
+            template="(%s, %s, %s, COALESCE(%s, now()))",
             page_size=1000,
         )
     return len(labels)

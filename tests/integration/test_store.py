@@ -8,13 +8,14 @@ import pytest
 
 from training.errors import NotFoundError, StoreUnavailable
 from training.extract import extract_window
-from training.spec import load_spec
+from training.spec import ModelSpec, load_spec
 from training.store import (
     PredictionRecord,
     applied_migrations,
     connect,
     migrate,
     record_feedback,
+    record_feedback_many,
     record_predictions,
 )
 
@@ -38,7 +39,7 @@ def _prediction(request_id: str, at: datetime, **features: object) -> Prediction
 def test_migrations_apply_once(store_url: str) -> None:
     with connect(store_url) as conn:
         assert migrate(conn) == []
-        assert applied_migrations(conn) == [1]
+        assert applied_migrations(conn) == [1, 2]
 
 
 def test_predictions_are_idempotent_on_request_id(store_url: str) -> None:
@@ -61,6 +62,32 @@ def test_feedback_latest_different_label_wins(store_url: str) -> None:
         with conn.cursor() as cur:
             cur.execute("SELECT label, revisions FROM feedback WHERE request_id = 'a'")
             assert cur.fetchall() == [(0, 1)]
+
+
+def test_feedback_keeps_the_label_as_it_was_sent_beside_the_normalised_one(
+    store_url: str,
+) -> None:
+    """feedback.label is 0/1, feedback.raw_label the spelling sent with it; a different spelling
+    of the same label changes nothing (the first stays); bulk feedback may carry it too."""
+    with connect(store_url) as conn:
+        record_predictions(conn, [_prediction(r, T0) for r in ("a", "b", "c", "d")])
+        assert record_feedback(conn, "a", 1, raw_label="Yes").status == "created"
+        assert record_feedback(conn, "a", 1, raw_label="1").status == "unchanged"
+        assert record_feedback(conn, "b", 0).status == "created"
+        record_feedback_many(conn, [("c", 1, T0, "true"), ("d", 0, None)])
+        assert record_feedback(conn, "b", 1, raw_label="yes").status == "updated"
+        with pytest.raises(ValueError, match="must be 0 or 1"):
+            record_feedback(conn, "a", 2, raw_label="2")
+        with pytest.raises(ValueError, match="must be 0 or 1"):
+            record_feedback_many(conn, [("c", -1, None)])
+        with conn.cursor() as cur:
+            cur.execute("SELECT request_id, label, raw_label FROM feedback ORDER BY 1")
+            assert cur.fetchall() == [
+                ("a", 1, "Yes"),
+                ("b", 1, "yes"),
+                ("c", 1, "true"),
+                ("d", 0, None),
+            ]
 
 
 def test_feedback_for_unknown_request_is_refused_and_not_stored(store_url: str) -> None:
@@ -91,6 +118,42 @@ def test_extract_window_returns_typed_rows_with_labels_where_known(store_url: st
     assert frame["age"].dtype == "float64"
     assert frame[spec.target].tolist()[0] == 1
     assert frame[spec.target].isna().tolist() == [False, True]
+
+
+def test_extract_window_reads_null_and_absent_features_as_missing_and_only_those(
+    store_url: str,
+) -> None:
+    """A nullable feature logged as null, or not logged at all, is NaN; a category spelt like one
+    of pandas' missing markers ("NA", "None") is still that category."""
+    base = load_spec()
+    spec = ModelSpec.model_validate(
+        {
+            **base.model_dump(),
+            "features": [
+                f.model_dump() | {"nullable": f.name in ("age", "region")} for f in base.features
+            ],
+        }
+    )
+    with connect(store_url) as conn:
+        record_predictions(
+            conn,
+            [
+                _prediction("null", T0, age=None, region=None),
+                _prediction("absent", T0 + timedelta(seconds=1)),
+                _prediction("na-text", T0 + timedelta(seconds=2), region="NA", contract="None"),
+            ],
+        )
+        with conn.cursor() as cur:
+            cur.execute(
+                "UPDATE predictions SET features = features - 'age' - 'region'"
+                " WHERE request_id = 'absent'"
+            )
+        frame = extract_window(conn, spec, T0, T0 + timedelta(days=1)).set_index("request_id")
+    assert frame["age"].isna().tolist() == [True, True, False]
+    assert frame["region"].isna().tolist() == [True, True, False]
+    assert frame.loc["na-text", "region"] == "NA"
+    assert frame.loc["na-text", "contract"] == "None"
+    assert frame["age"].dtype == "float64"
 
 
 def test_extract_refuses_an_empty_window(store_url: str) -> None:
