@@ -198,11 +198,10 @@ def _numeric(column: pd.Series, feature: Feature, problems: _Problems) -> list[f
             unread[position] = False
             missing[position] = True
     problems.flag(unread, name, lambda p: f"{_shown(column.iloc[p])} is not a number")
-    present = ~missing & ~unread
+    infinite = ~missing & ~unread & np.isinf(values)
+    problems.flag(infinite, name, lambda p: f"{_shown(values[p])} is not finite")
+    present = ~missing & ~unread & ~infinite
     with np.errstate(invalid="ignore"):
-        problems.flag(
-            present & np.isinf(values), name, lambda p: f"{_shown(values[p])} is not finite"
-        )
         if feature.min is not None:
             below = present & (values < feature.min)
             problems.flag(
@@ -736,8 +735,9 @@ def _store_predictions(
     return len(unscored), tag
 
 
-def _read(table: Table, role: str) -> tuple[pd.DataFrame, str]:
+def _read(table: Table, role: str, say: Progress) -> tuple[pd.DataFrame, str]:
     if isinstance(table, Path):
+        say(f"reading {table}")
         return read_table(table), str(table)
     return table, role
 
@@ -787,7 +787,7 @@ def backfill(
     rows: PredictionRows | None = None
     history, role = (data, "data") if data is not None else (predictions, "predictions")
     if history is not None:
-        frame, source = _read(history, role)
+        frame, source = _read(history, role, say)
         rows = prepare_predictions(
             spec,
             frame,
@@ -800,7 +800,7 @@ def backfill(
     label_rows: LabelRows | None = None
     label_source = "labels"
     if labels is not None:
-        frame, label_source = _read(labels, "labels")
+        frame, label_source = _read(labels, "labels", say)
         label_rows = prepare_labels(spec, frame, source=label_source, id_column=id_column)
         say(f"{label_source}: {len(label_rows.request_ids):,} labels checked")
 
