@@ -12,9 +12,11 @@ and/or a labels table (a request id, the target, optionally ``received_at``):
   ``created_at``: ISO 8601 text (``2026-01-31``, ``2026-01-31 08:00``, ``...+01:00``, ``...Z``) or
   a Parquet timestamp. They are stored in UTC; one without a time zone is taken as UTC.
 - Request ids come from the ``request_id`` column (or the one named). Without one, a row's id is
-  derived from the model name, the row's features and its time, as ``driftloop train`` derives
-  the ids of a training table (see :func:`derive_request_ids`), so loading the same file again
-  finds every row stored, and rows the champion trained on are known as such.
+  derived from the model name, the row's features and (when the spec names a ``time_column``)
+  its time, as ``driftloop train`` derives the ids of a training table (see
+  :func:`derive_request_ids`), so loading the same file again finds every row stored, and rows
+  the champion trained on are known as such.
+- A label without ``received_at`` is taken to have arrived with its prediction (its timestamp).
 - Every row is checked before anything is stored; a table with any problem is refused whole, its
   first problems listed (rows count from 1, the first row after the header).
 - Rows without a ``score`` are scored by the model's champion and record its version; a ``score``

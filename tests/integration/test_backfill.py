@@ -388,3 +388,18 @@ def test_cli_refuses_data_with_labels(cli_env: None, tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "--data carries its labels in the target column" in result.stderr
+
+
+def test_ids_of_another_models_predictions_are_not_taken(
+    store_url: str, spec: ModelSpec, history: pd.DataFrame
+) -> None:
+    predictions = history.rename(columns={"customerID": "request_id"}).assign(score=0.5)
+    _load(store_url, spec, predictions=predictions)
+    other = spec.model_copy(update={"name": "other"})
+
+    with pytest.raises(BackfillError, match=f"{ROWS} request id\\(s\\) belong to predictions of"):
+        _load(store_url, other, predictions=predictions)
+    labels = _load(store_url, other, labels=predictions[["request_id", "Churn"]])
+
+    assert (labels.labels_stored, labels.orphan_labels) == (0, ROWS)
+    assert _counts(store_url) == (ROWS, 0)

@@ -86,8 +86,8 @@ def add_parsers(sub: Any) -> None:
             "Load history into the store: --data (features, a timestamp and the target in one "
             "table), or --predictions and/or --labels (request_id and the target). CSV, TSV or "
             "Parquet. Timestamps are stored in UTC (those without a zone are taken as UTC); rows "
-            "without a score are scored by the champion; rows without a request_id get one "
-            "derived from the model, timestamp and features, so a re-run stores nothing new. "
+            "without a score are scored by the champion; rows without a request_id get the id "
+            "driftloop train gives the same row, so a re-run stores nothing new. "
             "A table with any bad row is refused whole (rows count from 1 after the header)."
         ),
     )
