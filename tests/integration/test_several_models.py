@@ -155,7 +155,7 @@ def test_two_models_train_and_retrain_side_by_side(deployment: Path, tmp_path: P
         "SELECT tag, bento_tag FROM model_versions WHERE model_name = 'telco'"
     )
     assert telco_bento.startswith("telco_service:")
-    assert bentoml.bentos.get(telco_bento).info.labels["model_tag"] == telco_tag
+    assert bentoml.bentos.get(telco_bento).info.args["model_tag"] == telco_tag
 
     churn = bootstrap_champion(
         settings, generate(3000, seed=1), spec=select_spec(settings, "churn")
@@ -175,6 +175,16 @@ def test_two_models_train_and_retrain_side_by_side(deployment: Path, tmp_path: P
 
     setup = airflow_env(settings)
     assert set(setup.models) == {"churn", "telco"}
+    # As Airflow's dag-processor would before any run: otherwise the two dag.test() processes
+    # race to insert both DAGs' first rows (a harness race, not one a scheduler has).
+    reserialized = subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "reserialize"],
+        env=setup.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert reserialized.returncode == 0, reserialized.stderr[-2000:]
     with ThreadPoolExecutor(2) as pool:
         churn_run = pool.submit(dag_test, setup, {"window_days": 7, "force": False}, "churn")
         telco_run = pool.submit(dag_test, setup, {"window_days": 7, "force": True}, "telco")
