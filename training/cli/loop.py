@@ -74,6 +74,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     print("=" * 72)
     if drift is None:
         print("no retrain run recorded yet")
+        if champion is not None:
+            print(f"  serving           champion v{champion[0]} {champion[1]}, Bento {champion[2]}")
+        print("=" * 72)
         return
     (
         run_key,
