@@ -26,10 +26,18 @@ from typing import Any, Literal, TypeVar, cast
 
 import bentoml
 import psycopg2
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    create_model,
+    field_validator,
+)
 from starlette.responses import JSONResponse
 
-from training.spec import ModelSpec, load_spec
+from training.spec import Label, ModelSpec, load_spec
 
 
 def _dev_model_tag() -> str:
@@ -99,12 +107,30 @@ Request = create_model(
 )
 
 
+# Features a request may send as null or leave out.
+NULLABLE = tuple(f.name for f in SPEC.features if f.nullable)
+
+
 class Prediction(BaseModel):
     request_id: str = Field(description="quote it when posting feedback for this prediction")
     score: float = Field(description="probability of the positive class")
     label: int = Field(description="score at or above the model's threshold")
     model_name: str
     model_version: str
+
+
+def _accepted_labels() -> str:
+    return (
+        f"the outcome as the training data spells it, {SPEC.positive_label!r} (positive) or "
+        f"{SPEC.negative_label!r} (negative), or 1/0, or true/false"
+    )
+
+
+def _label_spelling(value: Label) -> str:
+    """A label as it was sent, as text for ``feedback.raw_label`` (JSON's spelling of booleans)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 class FeedbackRequest(BaseModel):
@@ -115,14 +141,35 @@ class FeedbackRequest(BaseModel):
     request_id: str = Field(
         min_length=1, max_length=128, description="the request_id of the prediction"
     )
-    label: int = Field(ge=0, le=1, strict=True, description="the observed outcome: 0 or 1")
+    # Text, number or boolean, as the user's data has it; stored normalised to 0/1 with the value
+    # as sent beside it. An unknown one is a 400 naming the field and what it accepts.
+    label: Label = Field(
+        description=_accepted_labels(),
+        examples=[SPEC.positive_label, 1],
+    )
 
     refuse_nul = field_validator("request_id")(_refuse_nul)
+
+    @field_validator("label", mode="wrap")
+    @classmethod
+    def _known_label(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Label:
+        # One error naming the field and what it accepts, not one per member of the union.
+        try:
+            label: Label = handler(value)
+        except ValidationError:
+            raise ValueError(f"label must be {_accepted_labels()}; got {value!r}") from None
+        SPEC.label_of(label)  # raises ValueError naming the accepted values
+        return label
+
+    @property
+    def outcome(self) -> int:
+        """The label as 0/1."""
+        return SPEC.label_of(self.label)
 
 
 class FeedbackReceipt(BaseModel):
     request_id: str
-    label: int
+    label: int = Field(description="the label as stored: 1 positive, 0 negative")
     status: Literal["created", "updated", "unchanged"] = Field(
         description="created: first label; updated: a different label replaced it; unchanged: same label again"
     )
@@ -138,7 +185,7 @@ class FeedbackBatchRequest(BaseModel):
 
 class FeedbackItemReceipt(BaseModel):
     request_id: str
-    label: int
+    label: int = Field(description="the label as stored: 1 positive, 0 negative")
     status: Literal["created", "updated", "unchanged", "not_found"] = Field(
         description="as /feedback; not_found: no prediction carries this request_id (nothing stored)"
     )
@@ -289,7 +336,8 @@ class ChurnService:
 
     @bentoml.api(route="/predict", input_spec=Request, output_spec=Prediction)
     async def predict(self, **features: Any) -> Prediction | JSONResponse:
-        """Score one record; the response's ``request_id`` identifies it for feedback.
+        """Score one record; the response's ``request_id`` identifies it for feedback. A feature
+        the model declares nullable may be null or left out (it is recorded as null).
 
         A 200 means the prediction is recorded (on its way to PostgreSQL through the worker's
         spool); when it cannot be recorded the answer is 503 with ``Retry-After``.
@@ -298,6 +346,10 @@ class ChurnService:
         from bentos.prediction_log import SpoolFull
         from bentos.predictor import Overloaded
 
+        # BentoML passes every field of the validated request; a direct call may omit a nullable
+        # one, which is logged as null like a request that sent null.
+        for name in NULLABLE:
+            features.setdefault(name, None)
         try:
             return Prediction(**await self.predictor.predict_one(features))
         except (Overloaded, SpoolFull, ValueError) as exc:
@@ -312,7 +364,8 @@ class ChurnService:
     async def predict_batch(self, records: list[Request]) -> list[Prediction]:
         """Score up to ``DRIFTLOOP_BATCH_MAX_RECORDS`` (1,000) records; each gets its own
         ``request_id`` and is recorded. Answers one prediction per record, in order; a larger
-        body answers 413 naming the limit."""
+        body answers 413 naming the limit. Nullable features may be null or left out, as in
+        ``/predict``."""
         from bentos.hotpath import refusal
         from bentos.prediction_log import SpoolFull
 
@@ -342,12 +395,17 @@ class ChurnService:
                 receipts = []
                 for item in chosen:
                     try:
-                        status: Any = record_feedback(conn, item.request_id, item.label).status
+                        status: Any = record_feedback(
+                            conn,
+                            item.request_id,
+                            item.outcome,
+                            raw_label=_label_spelling(item.label),
+                        ).status
                     except NotFoundError:
                         status = "not_found"
                     receipts.append(
                         FeedbackItemReceipt(
-                            request_id=item.request_id, label=item.label, status=status
+                            request_id=item.request_id, label=item.outcome, status=status
                         )
                     )
                 return receipts
@@ -369,16 +427,18 @@ class ChurnService:
         return receipts
 
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest, output_spec=FeedbackReceipt)
-    def feedback(self, request_id: str, label: int) -> FeedbackReceipt | JSONResponse:
+    def feedback(self, request_id: str, label: Label) -> FeedbackReceipt | JSONResponse:
         """Record the ground truth for an earlier prediction (the latest different label wins).
 
-        An unknown ``request_id`` answers 404 with ``{"error": ...}``. The response is built here
-        because BentoML 1.4 renders the body of a raised 4xx exception as a one-element list.
+        ``label`` is the outcome as the training data spells it (e.g. "Yes"/"No"), or 1/0, or
+        true/false; it is stored as 0/1 with the value sent kept beside it, and the receipt gives
+        the 0/1. An unknown label answers 400 naming what is accepted; an unknown ``request_id``
+        404 with ``{"error": ...}``. The response is built here because BentoML 1.4 renders the
+        body of a raised 4xx exception as a one-element list.
         """
+        item = FeedbackRequest(request_id=request_id, label=label)
         try:
-            (receipt,) = self._record_feedback(
-                [FeedbackRequest(request_id=request_id, label=label)]
-            )
+            (receipt,) = self._record_feedback([item])
         except _StoreDown:
             return _store_down()
         if receipt.status == "not_found":
@@ -389,13 +449,15 @@ class ChurnService:
                 },
                 status_code=404,
             )
-        return FeedbackReceipt(request_id=request_id, label=label, status=receipt.status)
+        return FeedbackReceipt(request_id=request_id, label=receipt.label, status=receipt.status)
 
     @bentoml.api(route="/feedback_batch", input_spec=FeedbackBatchRequest)
     def feedback_batch(self, labels: list[FeedbackRequest]) -> list[FeedbackItemReceipt]:
         """Record up to 1,000 labels in one transaction; one receipt per label, in order.
 
-        A label naming no stored prediction is reported ``not_found`` and the others are stored.
+        Each label is spelt as ``/feedback`` takes it; one unknown label refuses the whole batch
+        (400, naming its index). A label naming no stored prediction is reported ``not_found`` and
+        the others are stored.
         """
         try:
             return self._record_feedback(labels)

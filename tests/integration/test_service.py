@@ -62,8 +62,8 @@ def champion_environment(server_url: str, home: Path) -> Iterator[Champion]:
     The variables are set in ``os.environ`` so that subprocesses (the Bento build, ``bentoml
     serve``) and in-process services read the same settings.
     """
-    from training.postgres import create_database, with_database
     from training.champion import bootstrap_champion
+    from training.postgres import create_database, with_database
     from training.settings import get_settings
     from training.synthetic import generate
 
@@ -339,6 +339,41 @@ def test_feedback_is_stored_once_and_the_latest_different_label_wins(
     assert query(url, stored, (request_id,)) == [(0, 1)]
 
 
+def test_feedback_takes_the_label_as_1_0_text_or_boolean_and_keeps_it_as_sent(
+    served: Served, client: bentoml.SyncHTTPClient
+) -> None:
+    """The churn spec's labels are 1/0: "1", 0, true and false are the same labels, stored as 0/1
+    with the value as sent in raw_label; the receipt gives the 0/1. An unknown label is a 400
+    naming the field and what it accepts, before the request id is looked up."""
+    request_id = client.predict(**EXAMPLE)["request_id"]
+    url = served.champion.database_url
+    stored = "SELECT label, raw_label, revisions FROM feedback WHERE request_id = %s"
+
+    text = served.post("/feedback", json.dumps({"request_id": request_id, "label": "1"}))
+    assert text.json() == {"request_id": request_id, "label": 1, "status": "created"}
+    assert query(url, stored, (request_id,)) == [(1, "1", 0)]
+    same = client.feedback(request_id=request_id, label=True)
+    assert same == {"request_id": request_id, "label": 1, "status": "unchanged"}
+    assert query(url, stored, (request_id,)) == [(1, "1", 0)]
+    boolean = client.feedback(request_id=request_id, label=False)
+    assert boolean == {"request_id": request_id, "label": 0, "status": "updated"}
+    assert query(url, stored, (request_id,)) == [(0, "false", 1)]
+
+    before = count(url, "feedback")
+    unknown = served.post("/feedback", json.dumps({"request_id": "ghost", "label": "Yes"}))
+    assert unknown.status_code == 400, unknown.text
+    (error,) = unknown.json()["detail"]
+    assert error["loc"] == ["label"]
+    assert "neither 1 (positive) nor 0 (negative)" in error["msg"]
+    batch = served.post(
+        "/feedback_batch",
+        json.dumps({"labels": [{"request_id": request_id, "label": 1}, {"request_id": "x"}]}),
+    )
+    assert batch.status_code == 400, batch.text
+    assert ["labels", 1, "label"] in [err["loc"] for err in batch.json()["detail"]]
+    assert count(url, "feedback") == before
+
+
 def test_feedback_for_an_unknown_request_is_a_404_object_and_nothing_is_stored(
     served: Served, client: bentoml.SyncHTTPClient
 ) -> None:
@@ -407,8 +442,10 @@ def test_predict_refuses_bad_input_with_a_4xx_naming_the_field(
         pytest.param('{"request_id": "x", ', None, id="malformed-json"),
         pytest.param('{"request_id": "x", "label": 2}', "label", id="label-2"),
         pytest.param('{"request_id": "x", "label": -1}', "label", id="label-minus-1"),
-        pytest.param('{"request_id": "x", "label": "1"}', "label", id="label-string"),
-        pytest.param('{"request_id": "x", "label": true}', "label", id="label-bool"),
+        pytest.param('{"request_id": "x", "label": "yes"}', "label", id="label-unknown-text"),
+        pytest.param('{"request_id": "x", "label": "2"}', "label", id="label-string-2"),
+        pytest.param('{"request_id": "x", "label": null}', "label", id="label-null"),
+        pytest.param('{"request_id": "x", "label": [1]}', "label", id="label-list"),
         pytest.param('{"request_id": "x", "label": 0.5}', "label", id="label-float"),
         pytest.param('{"request_id": "x", "label": NaN}', "label", id="label-nan"),
         pytest.param('{"request_id": "x"}', "label", id="missing-label"),
