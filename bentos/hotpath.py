@@ -229,6 +229,6 @@ def refusal(exc: Overloaded | SpoolFull | ValueError) -> Refusal:
             },
             {"Retry-After": "30"},
         )
-    # Valid by the schema, yet not scorable by this model (a missing number for a family that
-    # cannot take one): the message names the feature.
+    # Not scorable by this model, though the schema lets no such record through (nullable fields
+    # are imputed; this is a direct call lacking a required feature, say): the message names it.
     return Refusal(400, {"error": f"the model cannot score this request: {exc}"})
