@@ -15,8 +15,9 @@ import pytest
 
 from tests.usertable import telco_table
 from training import registry
-from training.backfill import BackfillError, BackfillResult, backfill
+from training.backfill import BackfillResult, backfill
 from training.extract import extract_window
+from training.history import BackfillError
 from training.spec import ModelSpec, load_spec
 from training.store import connect
 from training.train import fit

@@ -1,4 +1,4 @@
-"""training.backfill's checks and conversions on tiny tables (no store): what a row becomes, which
+"""training.history's checks and conversions on tiny tables (no store): what a row becomes, which
 rows are refused and how the message names them, and which request ids rows get."""
 
 from __future__ import annotations
@@ -9,13 +9,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from training.backfill import (
-    BackfillError,
-    BackfillResult,
-    prepare_labels,
-    prepare_predictions,
-)
+from training.backfill import BackfillResult
 from training.cli.history import summary_lines
+from training.history import BackfillError, prepare_labels, prepare_predictions
 from training.spec import ModelSpec
 
 SPEC = ModelSpec.model_validate(
