@@ -167,6 +167,8 @@ class ModelSpec(_Frozen):
         Raises:
             ValueError: neither label nor 0/1 (the message lists what is accepted).
         """
+        if isinstance(value, np.generic):
+            value = value.item()  # NumPy's scalars (a column's values) as Python's
         if value is not None and not isinstance(value, bool | int | float | str):
             raise ValueError(
                 f"label must be a string, number or boolean, got {type(value).__name__}"

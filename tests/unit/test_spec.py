@@ -83,3 +83,10 @@ def test_duplicate_feature_names_are_refused(tmp_path: Path) -> None:
 def test_missing_spec_file_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="cannot read it"):
         load_spec(tmp_path / "nope.yaml")
+
+
+def test_labels_accept_numpy_scalars_as_a_column_gives_them() -> None:
+    import numpy as np
+
+    spec = load_spec()
+    assert [spec.label_of(v) for v in (np.int64(1), np.bool_(False), np.float64(0.0))] == [1, 0, 0]
