@@ -3,10 +3,10 @@
 ``bentoml serve bentos.service:ChurnService --arg model_tag=<name>:<version>`` serves a model from
 the local store; a built Bento carries the model it was built for (the ``model_tag`` build argument)
 and serves it with ``bentoml serve <name>_service:<version>``. The request schema, the service's name
-and its labels come from the spec saved with that model, never from ``DRIFTLOOP_MODEL_SPEC``: that
-variable (or the built-in churn spec) only names the default model, ``<its name>:latest``, of an
-unbuilt ``bentoml serve bentos.service:ChurnService``. (The class keeps the name ``ChurnService``
-whatever the model; BentoML names the service, and the Bento, from ``name=`` below.)
+and its labels come from the spec saved with that model, never from a spec file: the deployment's
+models (``training.models``) only name the default model, ``<its name>:latest``, of an unbuilt
+``bentoml serve bentos.service:ChurnService`` when there is exactly one. (The class keeps the name
+``ChurnService`` whatever the model; BentoML names the service, and the Bento, from ``name=`` below.)
 
 ``/predict`` and ``/predict_batch`` are declared here (the OpenAPI document, ``bentoml.SyncHTTPClient``
 and in-process calls use these declarations) and answered over HTTP by :mod:`bentos.hotpath`, which
@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 import bentoml
@@ -37,13 +35,21 @@ from pydantic import (
 )
 from starlette.responses import JSONResponse
 
-from training.spec import Label, ModelSpec, load_spec
+from training.spec import Label, ModelSpec
 
 
 def _dev_model_tag() -> str:
-    """The default model of an unbuilt service: the latest of the spec driftloop is set to."""
-    path = os.environ.get("DRIFTLOOP_MODEL_SPEC")
-    return f"{load_spec(Path(path) if path else None).name}:latest"
+    """The default model of an unbuilt service: the latest of the deployment's one model."""
+    from bentoml.exceptions import InvalidArgument
+
+    from training.errors import DriftloopError
+    from training.models import select_spec
+    from training.settings import get_settings
+
+    try:
+        return f"{select_spec(get_settings(), None).name}:latest"
+    except (DriftloopError, ValueError) as exc:
+        raise InvalidArgument(f"{exc} (here: `--arg model_tag=<name>:<version>`)") from None
 
 
 class BuildArgs(BaseModel):
