@@ -7,7 +7,6 @@ a ``time_column`` and random otherwise, with the same gates as every retrain.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -19,6 +18,7 @@ from training.evaluate import Evaluation, evaluate, judge
 from training.features import feature_frame
 from training.postgres import ensure_database
 from training.retrain import build_challenger_bento, promote
+from training.rowids import row_request_ids
 from training.runs import read_frame, record_training_run, safe_key, upload_frame
 from training.settings import Settings
 from training.spec import ModelSpec
@@ -31,19 +31,6 @@ __all__ = ["ChampionRun", "bootstrap_champion", "prepare_table", "train_champion
 
 def _quiet(_: str) -> None:
     return None
-
-
-def row_request_ids(spec: ModelSpec, frame: pd.DataFrame) -> pd.Series:
-    """A stable id per row of a table without one: the model name and the row's feature values
-    (and its time, when the spec has a ``time_column``), hashed. Loading the same row again, by
-    training or by backfill, gives the same id."""
-    columns = [*spec.feature_names]
-    if spec.time_column and "created_at" in frame.columns:
-        columns.append("created_at")
-    text = frame[columns].astype("string").fillna("\x00").agg("\x1f".join, axis=1)
-    return text.map(
-        lambda row: "row-" + hashlib.sha256(f"{spec.name}\x1e{row}".encode()).hexdigest()[:32]
-    )
 
 
 def prepare_table(spec: ModelSpec, table: pd.DataFrame) -> pd.DataFrame:

@@ -39,6 +39,7 @@ from training.columns import (
 )
 from training.errors import DriftloopError
 from training.features import feature_frame
+from training.rowids import row_request_ids
 from training.spec import Feature, ModelSpec
 
 __all__ = [
@@ -98,7 +99,7 @@ def derive_request_ids(spec: ModelSpec, frame: pd.DataFrame, created_at: pd.Seri
     """Request ids for rows that have none: the same rows give the same ids on every run.
 
     The first of identical rows gets the id ``driftloop train`` gives that row of a training table
-    (:func:`training.champion.row_request_ids`: the model name, the features and, when the spec
+    (:func:`training.rowids.row_request_ids`: the model name, the features and, when the spec
     has a ``time_column``, the time, hashed), so history that overlaps the champion's training
     table is known as such and kept out of a retrain's holdout. Each repeat of the row (same
     features, and same time where it counts) gets ``-2``, ``-3``, ... after it, so genuine
@@ -109,10 +110,8 @@ def derive_request_ids(spec: ModelSpec, frame: pd.DataFrame, created_at: pd.Seri
         frame: the table, with the spec's feature columns as the file gives them.
         created_at: each row's time, in UTC.
     """
-    from training.champion import row_request_ids
-
     identity = feature_frame(spec, frame)
-    identity["created_at"] = created_at.to_numpy()
+    identity["created_at"] = created_at.array  # positional, as the rows are; no Timestamp objects
     seen: dict[str, int] = {}
     ids: list[str] = []
     for request_id in row_request_ids(spec, identity).tolist():

@@ -1,14 +1,22 @@
-"""Row ids of tables without a request id: pinned values, so a faster implementation (or a pandas
-upgrade) cannot quietly change the ids of rows already stored or trained on."""
+"""Row ids of tables without a request id: pinned values and the first implementation as a
+reference, so a faster one (or a pandas upgrade) cannot quietly change the ids of rows already
+stored or trained on; and train and backfill give a table's rows the same ids."""
 
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from training.champion import row_request_ids
+from tests.usertable import telco_table
+from training.champion import prepare_table
+from training.history import prepare_predictions
+from training.rowids import row_request_ids
+from training.sources import read_table
 from training.spec import ModelSpec
 
 # Computed with the row-by-row implementation (pandas agg + map) these ids were first made with.
@@ -94,3 +102,82 @@ def test_ids_keep_the_frames_index() -> None:
     ids = row_request_ids(_spec("seen_at"), frame)
     assert ids.index.tolist() == [7, 3, 9, 1, 0]
     assert ids.tolist() == TIMED
+
+
+def test_an_empty_table_has_no_ids() -> None:
+    ids = row_request_ids(_spec("seen_at"), _frame().iloc[:0])
+    assert isinstance(ids, pd.Series)
+    assert ids.empty
+
+
+def _reference_ids(spec: ModelSpec, frame: pd.DataFrame) -> list[str]:
+    """The first implementation, row by row."""
+    columns = [*spec.feature_names]
+    if spec.time_column and "created_at" in frame.columns:
+        columns.append("created_at")
+    text = frame[columns].astype("string").fillna("\x00").agg("\x1f".join, axis=1)
+    return [
+        "row-" + hashlib.sha256(f"{spec.name}\x1e{row}".encode()).hexdigest()[:32] for row in text
+    ]
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_ids_agree_with_the_first_implementation(unit: str) -> None:
+    rng = np.random.default_rng(3)
+    rows = 400
+    ticks = rng.integers(-(10**9), 3 * 10**9, rows) * 10**6  # 1938 .. 2065, in microseconds
+    # Whole seconds, whole microseconds and nanoseconds, as times come.
+    ticks = np.where(rng.random(rows) < 0.5, ticks // 10**6 * 10**6, ticks) * 1000
+    ticks = np.where(rng.random(rows) < 0.2, ticks + rng.integers(1, 1000, rows), ticks)
+    times = pd.Series(ticks.astype("datetime64[ns]")).dt.tz_localize("UTC").dt.as_unit(unit)
+    times = times.mask(rng.random(rows) < 0.05)  # NaT
+    prices = rng.normal(0, 1e3, rows)
+    frame = pd.DataFrame(
+        {
+            "price": np.where(rng.random(rows) < 0.5, prices.round(), prices),
+            "discount": np.where(rng.random(rows) < 0.3, math.nan, rng.random(rows)),
+            "store": rng.choice(["1", "2", "é", "__missing__"], rows),
+            "channel": rng.choice(["web", "__missing__"], rows),
+            "created_at": times,
+        }
+    )
+    assert row_request_ids(_spec("seen_at"), frame).tolist() == _reference_ids(
+        _spec("seen_at"), frame
+    )
+
+
+TELCO = ModelSpec.model_validate(
+    {
+        "name": "telco",
+        "target": "Churn",
+        "positive_label": "Yes",
+        "negative_label": "No",
+        "time_column": "signup_date",
+        "features": [
+            {"name": "gender", "type": "categorical", "categories": ["Female", "Male"]},
+            {"name": "SeniorCitizen", "type": "numeric", "min": 0, "max": 1},
+            {"name": "Partner", "type": "categorical", "categories": ["No", "Yes"]},
+            {"name": "tenure", "type": "numeric", "min": 0, "max": 100},
+            {
+                "name": "InternetService",
+                "type": "categorical",
+                "categories": ["DSL", "Fiber optic", "No"],
+            },
+            {"name": "MonthlyCharges", "type": "numeric", "min": 0, "max": 200},
+            {"name": "TotalCharges", "type": "numeric", "min": 0, "nullable": True},
+        ],
+        "model": {"family": "lightgbm"},
+    }
+)
+
+
+def test_train_and_backfill_give_a_telco_tables_rows_the_same_ids(tmp_path: Path) -> None:
+    table = telco_table(300, seed=4)
+    path = tmp_path / "telco.csv"
+    table.to_csv(path, index=False)
+    for frame in (table, read_table(path)):
+        trained = prepare_table(TELCO, frame)["request_id"].tolist()
+        loaded = prepare_predictions(TELCO, frame, source="telco", with_labels=True)
+        assert loaded.derived_ids
+        assert loaded.request_ids == trained
+        assert len(set(trained)) == len(trained)
