@@ -11,9 +11,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from training import registry
+from training.columns import not_a_time, parse_times
 from training.evaluate import Evaluation, evaluate, judge
 from training.features import feature_frame
 from training.postgres import ensure_database
@@ -33,12 +35,36 @@ def _quiet(_: str) -> None:
     return None
 
 
+def _labelled_times(column: pd.Series, name: str, labelled: pd.Series) -> pd.Series:
+    """The labelled rows' times in UTC (on a new 0..n-1 index), read as backfill reads them, so a
+    table train takes is one backfill takes too, with the same ids.
+
+    Raises:
+        ValueError: a labelled row's time is empty or not a time; names the first by its row
+            (counted from 1, the first row after the header), with its value.
+    """
+    times = parse_times(column)
+    keep = labelled.to_numpy(dtype=bool)
+    bad = np.flatnonzero((times.empty | times.unreadable) & keep)
+    if len(bad):
+        first = int(bad[0])
+        what = (
+            "is empty; every labelled row needs its time"
+            if times.empty[first]
+            else not_a_time(column.iloc[first])
+        )
+        more = f"; and {len(bad) - 1} more row(s)" if len(bad) > 1 else ""
+        raise ValueError(f"time_column {name!r}: row {first + 1}: {what}{more}")
+    return times.utc[keep].reset_index(drop=True)
+
+
 def prepare_table(spec: ModelSpec, table: pd.DataFrame) -> pd.DataFrame:
     """The labelled rows of a user's table as the loop stores training data: the spec's features,
     the target as 0/1, ``created_at`` (from ``time_column``, UTC) and ``request_id``.
 
     Raises:
-        ValueError: a column is missing, a label is neither of the spec's, or a time is unreadable.
+        ValueError: a column is missing, a label is neither of the spec's, or a labelled row's time
+            is empty or not ISO 8601 text or a timestamp (as ``driftloop backfill`` reads them).
     """
     frame = table.copy()
     if spec.target not in frame.columns:
@@ -53,15 +79,8 @@ def prepare_table(spec: ModelSpec, table: pd.DataFrame) -> pd.DataFrame:
     if spec.time_column:
         if spec.time_column not in frame.columns:
             raise ValueError(f"data lacks the spec's time_column {spec.time_column!r}")
-        times = pd.to_datetime(frame[spec.time_column], utc=True, errors="coerce", format="mixed")
-        bad = times.isna()
-        if bad.any():
-            first = frame.index[bad][0]
-            raise ValueError(
-                f"time_column {spec.time_column!r}: {int(bad.sum())} value(s) are not times "
-                f"(first: {frame.at[first, spec.time_column]!r})"
-            )
-        out["created_at"] = times.to_numpy()
+        times = _labelled_times(table[spec.time_column], spec.time_column, ~blank)
+        out["created_at"] = times.array  # by position: out keeps the table's index
     if "request_id" in frame.columns:
         out["request_id"] = frame["request_id"].astype("string").to_numpy()
     else:

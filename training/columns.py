@@ -22,11 +22,14 @@ from training.spec import Feature, ModelSpec
 
 __all__ = [
     "LISTED",
+    "ParsedTimes",
     "Problems",
     "Times",
     "as_text",
     "flag_nul",
     "missing_mask",
+    "not_a_time",
+    "parse_times",
     "read_categorical",
     "read_labels",
     "read_numeric",
@@ -159,20 +162,29 @@ def flag_nul(texts: Sequence[str | None], column: str, problems: Problems) -> No
 
 
 @dataclass(frozen=True)
-class Times:
-    """A column of timestamps as read."""
+class ParsedTimes:
+    """A column of times read by :func:`parse_times`, by position (row 1 is position 0)."""
 
-    parsed: pd.Series  # datetime64 in UTC, NaT where empty or unreadable
-    stamps: list[datetime | None]  # the same, floored to microseconds as PostgreSQL keeps them
+    utc: pd.Series  # datetime64 in UTC on a 0..n-1 index, NaT where empty or unreadable
+    empty: NDArray[np.bool_]
+    unreadable: NDArray[np.bool_]
     naive: int  # how many had no time zone (taken as UTC)
 
 
-def read_timestamps(column: pd.Series, name: str, problems: Problems, *, required: bool) -> Times:
-    """ISO 8601 text or real timestamps, in UTC (those without a zone taken as UTC)."""
-    missing = missing_mask(column)
+def parse_times(column: pd.Series) -> ParsedTimes:
+    """The one rule ``driftloop train`` and ``driftloop backfill`` read a table's times by.
+
+    A time is ISO 8601 text (``2026-01-31``, ``2026-01-31 08:00``, ``...+01:00``, ``...Z``) or a
+    real timestamp (Parquet's, or a datetime in a frame); one without a time zone is UTC. Nothing
+    else is read as a time: not ``01/02/2026`` (which day?) nor a number (seconds or nanoseconds
+    since 1970?). Empty values, as :func:`missing_mask` finds them, are told apart from unreadable
+    ones.
+    """
+    empty = missing_mask(column)
+    unreadable = np.zeros(len(column), dtype=bool)
     if pd.api.types.is_datetime64_any_dtype(column.dtype):
         if column.dt.tz is None:
-            naive = int((~missing).sum())
+            naive = int((~empty).sum())
             parsed = column.dt.tz_localize("UTC")
         else:
             naive = 0
@@ -183,23 +195,43 @@ def read_timestamps(column: pd.Series, name: str, problems: Problems, *, require
                 None
                 if absent
                 else (v.isoformat() if isinstance(v, datetime) else as_text(v).strip())
-                for v, absent in zip(column.tolist(), missing, strict=True)
+                for v, absent in zip(column.tolist(), empty, strict=True)
             ],
             dtype=object,
         )
         parsed = pd.to_datetime(texts, utc=True, errors="coerce", format="ISO8601")
-        unread = ~missing & parsed.isna().to_numpy(dtype=bool)
-        problems.flag(
-            unread, name, lambda p: f"{_shown(column.iloc[p])} is not a timestamp ({_ISO_EXAMPLE})"
-        )
+        unreadable = ~empty & parsed.isna().to_numpy(dtype=bool)
         zoned = texts.map(lambda t: bool(_ZONE.search(t)), na_action="ignore")
-        naive = int((~missing & ~unread & ~zoned.fillna(False).to_numpy(dtype=bool)).sum())
+        naive = int((~empty & ~unreadable & ~zoned.fillna(False).to_numpy(dtype=bool)).sum())
+    return ParsedTimes(
+        utc=parsed.reset_index(drop=True), empty=empty, unreadable=unreadable, naive=naive
+    )
+
+
+def not_a_time(value: Any) -> str:
+    """What is wrong with a value :func:`parse_times` cannot read, and what it expects."""
+    return f"{_shown(value)} is not a timestamp ({_ISO_EXAMPLE})"
+
+
+@dataclass(frozen=True)
+class Times:
+    """A column of timestamps as read."""
+
+    parsed: pd.Series  # datetime64 in UTC, NaT where empty or unreadable
+    stamps: list[datetime | None]  # the same, floored to microseconds as PostgreSQL keeps them
+    naive: int  # how many had no time zone (taken as UTC)
+
+
+def read_timestamps(column: pd.Series, name: str, problems: Problems, *, required: bool) -> Times:
+    """Times by :func:`parse_times`, each unreadable one (and, if ``required``, empty) flagged."""
+    times = parse_times(column)
+    problems.flag(times.unreadable, name, lambda p: not_a_time(column.iloc[p]))
     if required:
-        problems.flag(missing, name, lambda p: "is empty; every row needs its time")
+        problems.flag(times.empty, name, lambda p: "is empty; every row needs its time")
     stamps: list[datetime | None] = [
-        None if stamp is pd.NaT else stamp.to_pydatetime() for stamp in parsed.dt.floor("us")
+        None if stamp is pd.NaT else stamp.to_pydatetime() for stamp in times.utc.dt.floor("us")
     ]
-    return Times(parsed=parsed.reset_index(drop=True), stamps=stamps, naive=naive)
+    return Times(parsed=times.utc, stamps=stamps, naive=times.naive)
 
 
 def _raw_label(value: Any) -> str:
