@@ -38,7 +38,7 @@ def _cells(column: pd.Series) -> NDArray[np.object_]:
 
 
 def _utc_times(column: pd.Series) -> NDArray[np.object_]:
-    """What ``astype("string")`` makes of UTC times, in a tenth of the time: numpy spells the
+    """What ``astype("string")`` makes of UTC times, about six times faster: numpy spells the
     seconds; the few times with a fraction of a second get pandas' ``.ffffff`` (or nine digits
     where there are nanoseconds) one by one."""
     local = column.dt.tz_localize(None).to_numpy()
