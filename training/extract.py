@@ -62,12 +62,9 @@ def extract_window(
     dtypes.update({f.name: "object" for f in spec.features if f.type == "categorical"})
     # COPY writes NULL (a null or absent feature, an unlabelled row) as an empty field. Only that
     # is missing: pandas' default would also read a category spelt "NA", "None" or "null" as one.
-    frame = pd.read_csv(
-        buffer,
-        dtype=dtypes,
-        parse_dates=["created_at"],
-        keep_default_na=False,
-        na_values=[""],
-    )
+    frame = pd.read_csv(buffer, dtype=dtypes, keep_default_na=False, na_values=[""])
+    # Parsed here, not by read_csv: it guesses one format from the first row, and a window mixing
+    # whole-second times (backfilled history) with fractional ones (live traffic) stayed text.
+    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True, format="ISO8601")
     frame[spec.target] = frame[spec.target].astype("Int64")
     return frame

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import pytest
 
 from training.errors import NotFoundError, StoreUnavailable
@@ -167,3 +168,22 @@ def test_unreachable_database_is_one_clear_error() -> None:
         connect("postgresql://nobody@127.0.0.1:1/none"),
     ):
         pass
+
+
+def test_extract_window_reads_times_of_mixed_precision_as_times(store_url: str) -> None:
+    """Backfilled history has whole seconds, live traffic fractions: one window holds both."""
+    spec = load_spec()
+    with connect(store_url) as conn:
+        record_predictions(
+            conn,
+            [
+                _prediction("history", T0 + timedelta(seconds=5)),
+                _prediction("live", T0 + timedelta(hours=1, microseconds=123_456)),
+            ],
+        )
+        frame = extract_window(conn, spec, T0, T0 + timedelta(days=1))
+    assert str(frame["created_at"].dtype) == "datetime64[ns, UTC]"
+    assert frame["created_at"].tolist() == [
+        pd.Timestamp(T0 + timedelta(seconds=5)),
+        pd.Timestamp(T0 + timedelta(hours=1, microseconds=123_456)),
+    ]
