@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from training.columns import not_a_time, parse_times
 from training.errors import DriftloopError
 from training.spec import (
     BUILTIN_SPEC,
@@ -330,13 +331,14 @@ def _check_time_column(values: pd.Series, labelled: pd.Index, column: str) -> st
             f"time column {column!r} holds numbers (e.g. {present.iloc[0]!r}), not times: "
             "convert it to dates such as 2026-01-31 or 2026-01-31T12:00:00Z first"
         )
-    times = pd.to_datetime(present, utc=True, errors="coerce", format="mixed")
-    if times.isna().any():
-        example = present[times.isna()].iloc[0]
+    parsed = parse_times(present)
+    if parsed.unreadable.any():
+        example = present.iloc[int(parsed.unreadable.argmax())]
         raise DraftError(
-            f"time column {column!r} holds {int(times.isna().sum())} value(s) that are not times, "
-            f"e.g. {example!r}"
+            f"time column {column!r} holds {int(parsed.unreadable.sum())} value(s) that are not "
+            f"times: {not_a_time(example)}"
         )
+    times = parsed.utc
     note = f"time column {column}: {times.min():%Y-%m-%d %H:%M} .. {times.max():%Y-%m-%d %H:%M}"
     untimed = len(labelled.difference(present.index))
     if untimed:

@@ -301,3 +301,12 @@ def test_missing_target_values_are_not_a_third_value() -> None:
 )
 def test_name_from_path(file: str, name: str) -> None:
     assert name_from_path(Path(file)) == name
+
+
+def test_a_time_column_train_would_refuse_is_refused_here_too() -> None:
+    """init, train and backfill read times by one rule: ISO 8601, never a guessed 01/02/2026."""
+    table = telco_table(300)
+    table["signup_date"] = table["signup_date"].astype(str)
+    table.loc[5, "signup_date"] = "01/02/2026"
+    with pytest.raises(DraftError, match="'01/02/2026' is not a timestamp"):
+        draft_spec(table, "Churn", name="telco", time_column="signup_date")
