@@ -176,3 +176,50 @@ def test_missing_file_and_unknown_model_are_one_line_errors(models: Path, tmp_pa
     unknown = _cli("train", "--model", "fraud", "--data", str(tmp_path / "nope.csv"))
     assert unknown.returncode == 1
     assert "no model named 'fraud' (known: telco" in unknown.stderr
+
+
+def test_train_from_a_sql_query(models: Path, database_url: str) -> None:
+    """The table can live in PostgreSQL: --sql runs against --url (here the store's own database)."""
+    import psycopg2
+
+    _spec(models, "telco")
+    table = telco_table(1500, seed=8)
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS customers")
+        cur.execute(
+            "CREATE TABLE customers (SeniorCitizen int, tenure int, InternetService text,"
+            " Contract text, MonthlyCharges float8, TotalCharges text, signup_date timestamptz,"
+            " Churn text)"
+        )
+        rows = (
+            table[
+                [
+                    "SeniorCitizen",
+                    "tenure",
+                    "InternetService",
+                    "Contract",
+                    "MonthlyCharges",
+                    "TotalCharges",
+                    "signup_date",
+                    "Churn",
+                ]
+            ]
+            .astype(object)
+            .values.tolist()
+        )
+        cur.executemany("INSERT INTO customers VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", rows)
+
+    result = _cli(
+        "train",
+        "--sql",
+        'SELECT seniorcitizen AS "SeniorCitizen", tenure, internetservice AS "InternetService",'
+        ' contract AS "Contract", monthlycharges AS "MonthlyCharges",'
+        ' NULLIF(trim(totalcharges), \'\') AS "TotalCharges", signup_date, churn AS "Churn"'
+        " FROM customers",
+        "--url",
+        database_url,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "read 1500 rows x 8 columns from the query" in result.stdout
+    assert "time-ordered holdout" in result.stdout
