@@ -17,6 +17,7 @@ import pandas as pd
 
 from training.columns import not_a_time, parse_times
 from training.errors import DriftloopError
+from training.features import category_text
 from training.spec import (
     BUILTIN_SPEC,
     Feature,
@@ -487,7 +488,7 @@ def _categorical(
     column: str, present: pd.Series, missing: int, rows: int, notes: list[str]
 ) -> Inferred | LeftOut:
     # As the training pipeline turns a categorical value into text (features.feature_frame).
-    counts = present.astype("string").value_counts()
+    counts = category_text(present).value_counts()
     if len(counts) == rows:
         return LeftOut(column, "a distinct value per row (an id)")
     if len(counts) == 1 and not missing:

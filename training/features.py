@@ -11,9 +11,17 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
+from training.columns import as_text
 from training.spec import Feature, ModelSpec
 
-__all__ = ["MISSING_CATEGORY", "build_pipeline", "feature_frame", "fit_params", "refuse_missing"]
+__all__ = [
+    "MISSING_CATEGORY",
+    "build_pipeline",
+    "category_text",
+    "feature_frame",
+    "fit_params",
+    "refuse_missing",
+]
 
 # What an absent categorical value becomes before encoding. A nullable feature's encoder knows it as
 # one more category, so the model can learn what a missing value means; for any other feature it is
@@ -37,8 +45,16 @@ def feature_frame(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
     for name in spec.numeric_features:
         out[name] = pd.to_numeric(out[name], errors="coerce").astype("float64")
     for name in spec.categorical_features:
-        out[name] = out[name].astype("string").fillna(MISSING_CATEGORY).astype(object)
+        out[name] = category_text(out[name]).fillna(MISSING_CATEGORY).astype(object)
     return out
+
+
+def category_text(values: pd.Series) -> pd.Series:
+    """Categorical values as the text a request sends: a code column that Parquet or pandas holds
+    as floats (an integer column with gaps) gives "1", not "1.0"."""
+    if pd.api.types.is_float_dtype(values.dtype):
+        return values.map(as_text, na_action="ignore").astype("string")
+    return values.astype("string")
 
 
 def refuse_missing(spec: ModelSpec, features: pd.DataFrame) -> None:

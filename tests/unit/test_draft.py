@@ -310,3 +310,26 @@ def test_a_time_column_train_would_refuse_is_refused_here_too() -> None:
     table.loc[5, "signup_date"] = "01/02/2026"
     with pytest.raises(DraftError, match="'01/02/2026' is not a timestamp"):
         draft_spec(table, "Churn", name="telco", time_column="signup_date")
+
+
+def test_a_code_column_with_gaps_drafts_and_trains_as_the_codes_requests_send(
+    tmp_path: Path,
+) -> None:
+    """Parquet holds an integer column with gaps as floats; its categories are "0"/"1", not "0.0"."""
+    from training.features import feature_frame
+
+    table = telco_table(300)
+    table["SeniorCitizen"] = table["SeniorCitizen"].astype("float64")
+    table.loc[3, "SeniorCitizen"] = np.nan
+    table["TotalCharges"] = pd.to_numeric(table["TotalCharges"], errors="coerce")
+    path = tmp_path / "telco.parquet"
+    table.to_parquet(path)
+    draft = draft_spec(read_table(path), "Churn", name="telco")
+    [senior] = [f for f in draft.spec.features if f.name == "SeniorCitizen"]
+    assert senior.categories == ("0", "1")
+    assert senior.nullable
+    assert set(feature_frame(draft.spec, read_table(path))["SeniorCitizen"]) == {
+        "0",
+        "1",
+        "__missing__",
+    }
