@@ -43,7 +43,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             detail={"host": args.host, "port": args.port, "workers": args.workers or 1},
         )
     # This interpreter's bentoml, so it works without the venv on PATH; replaces this process.
-    os.execve(sys.executable, [sys.executable, "-m", *command], env)
+    # training.process_manager is `bentoml` with circusd's control endpoints moved from 127.0.0.1
+    # TCP ports (which any local user could reach) to Unix sockets only this user can enter.
+    os.execve(
+        sys.executable, [sys.executable, "-m", "training.process_manager", *command[1:]], env
+    )
     return 0  # pragma: no cover
 
 
