@@ -10,7 +10,10 @@ models (``training.models``) only name the default model, ``<its name>:latest``,
 
 ``/predict`` and ``/predict_batch`` are declared here (the OpenAPI document, ``bentoml.SyncHTTPClient``
 and in-process calls use these declarations) and answered over HTTP by :mod:`bentos.hotpath`, which
-runs in front of BentoML's app in the same worker; ``/feedback`` and every other route are BentoML's.
+runs in front of BentoML's app in the same worker. ``/feedback`` and ``/feedback_batch`` are answered
+by BentoML's app, once the hot path has checked them as it checks the predictions (JSON only, a body
+limit, validation with the input models declared here), so every API route keeps one contract
+(:mod:`bentos.contract`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pydantic import (
 )
 from starlette.responses import JSONResponse
 
+from bentos.contract import MAX_FEEDBACK_LABELS
 from training.spec import Label, ModelSpec
 
 
@@ -117,6 +121,17 @@ Request = create_model(
 NULLABLE = tuple(f.name for f in SPEC.features if f.nullable)
 
 
+class PredictBatchRequest(BaseModel):
+    """The body of ``/predict_batch``; unknown fields are refused like a record's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # At most DRIFTLOOP_BATCH_MAX_RECORDS, a setting read at start: counted (413) by the hot path.
+    records: list[Request] = Field(
+        min_length=1, description="up to DRIFTLOOP_BATCH_MAX_RECORDS (1,000) records"
+    )
+
+
 class Prediction(BaseModel):
     request_id: str = Field(description="quote it when posting feedback for this prediction")
     score: float = Field(description="probability of the positive class")
@@ -185,7 +200,9 @@ class FeedbackBatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     labels: list[FeedbackRequest] = Field(
-        min_length=1, max_length=1000, description="up to 1,000 labels, each like /feedback's body"
+        min_length=1,
+        max_length=MAX_FEEDBACK_LABELS,
+        description=f"up to {MAX_FEEDBACK_LABELS:,} labels, each like /feedback's body",
     )
 
 
@@ -363,6 +380,7 @@ class ChurnService:
 
     @bentoml.api(
         route="/predict_batch",
+        input_spec=PredictBatchRequest,
         batchable=True,
         max_batch_size=MAX_BATCH_SIZE,
         max_latency_ms=MAX_LATENCY_MS,

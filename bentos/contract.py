@@ -1,0 +1,239 @@
+"""What the service's API routes promise over HTTP: body limits, one error shape, and the OpenAPI
+document (``/docs.json``) that says both.
+
+Every API route (``/predict``, ``/predict_batch``, ``/feedback``, ``/feedback_batch``) takes only
+``application/json`` bodies up to :func:`body_limit` bytes and answers every error as
+``{"error": "<what went wrong>"}``, a 400 with ``"detail"``: the list of field errors
+(``loc``, ``msg``, ``type``), as pydantic and BentoML spell them. :mod:`bentos.hotpath` enforces it
+in front of BentoML's app; :func:`openapi_document` patches BentoML's generated document so that it
+describes exactly that. BentoML's own document flattens unions to their first member (a feedback
+label became a boolean, a nullable feature lost its null), types the 400 ``detail`` as a string,
+leaves request bodies optional and names no 413, 415 or 503: a client generated from it fails on the
+answers it must handle.
+
+An error answer is documented by one :class:`ErrorResponse` line in :data:`ERRORS`; a header it
+always carries by one entry in :data:`HEADERS`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import bentoml
+
+__all__ = [
+    "ERRORS",
+    "HEADERS",
+    "MAX_FEEDBACK_LABELS",
+    "MAX_ITEM_BYTES",
+    "ErrorResponse",
+    "body_limit",
+    "openapi_document",
+]
+
+# A record or a label is a few hundred bytes; this leaves room for long category names, escapes
+# and whitespace. A batch body may hold this many bytes per item it may carry.
+MAX_ITEM_BYTES = 16 * 1024
+# The most labels one /feedback_batch request carries (the most records of /predict_batch is the
+# DRIFTLOOP_BATCH_MAX_RECORDS setting).
+MAX_FEEDBACK_LABELS = 1000
+
+REF = "#/components/schemas/{model}"
+ERROR_SCHEMA = "Error"
+FIELD_ERROR_SCHEMA = "FieldError"
+# BentoML's three error components, each with ``detail`` typed as a string: replaced by ERROR_SCHEMA.
+_BENTOML_ERROR_SCHEMAS = ("InvalidArgument", "NotFound", "InternalServerError")
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    ERROR_SCHEMA: {
+        "type": "object",
+        "title": ERROR_SCHEMA,
+        "description": "Every error answer of the API routes.",
+        "required": ["error"],
+        "properties": {
+            "error": {"type": "string", "description": "what went wrong, for a person to read"},
+            "detail": {
+                "type": "array",
+                "items": {"$ref": REF.format(model=FIELD_ERROR_SCHEMA)},
+                "description": "400 only: one item per problem in the body",
+            },
+            "request_id": {
+                "type": "string",
+                "description": "404 only: the request_id that names no prediction",
+            },
+        },
+    },
+    FIELD_ERROR_SCHEMA: {
+        "type": "object",
+        "title": FIELD_ERROR_SCHEMA,
+        "description": "One problem in a request body (pydantic's error, without the input).",
+        "required": ["loc", "msg", "type"],
+        "properties": {
+            "loc": {
+                "type": "array",
+                "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                "description": 'where: field names and list indexes, e.g. ["records", 3, "age"]; '
+                "empty for the body as a whole (malformed JSON)",
+            },
+            "msg": {"type": "string", "description": "what was expected"},
+            "type": {"type": "string", "description": "pydantic's error type, e.g. missing"},
+            "url": {"type": "string", "description": "pydantic's page on this error type"},
+        },
+    },
+}
+
+HEADERS: dict[str, dict[str, Any]] = {
+    "Retry-After": {
+        "description": "seconds to wait before sending the request again",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    },
+}
+
+
+@dataclass(frozen=True)
+class ErrorResponse:
+    """One error answer, documented with the shared error schema.
+
+    ``description`` may name ``{too_large}``: what is too large for the route (its body limit, and
+    for a batch route the most records or labels one request carries).
+    """
+
+    status: int
+    description: str
+    # The APIs (by name) that send it; None: every API route.
+    apis: frozenset[str] | None = None
+    # Headers it always carries, by name in HEADERS.
+    headers: tuple[str, ...] = ()
+
+    def response(self, too_large: str) -> dict[str, Any]:
+        """The OpenAPI response object, for a route where ``too_large`` is too large."""
+        answer: dict[str, Any] = {
+            "description": self.description.format(too_large=too_large),
+            "content": {"application/json": {"schema": {"$ref": REF.format(model=ERROR_SCHEMA)}}},
+        }
+        if self.headers:
+            answer["headers"] = {name: HEADERS[name] for name in self.headers}
+        return answer
+
+
+FEEDBACK_APIS = frozenset({"feedback", "feedback_batch"})
+
+# Every error an API route answers, in the document's order.
+ERRORS: tuple[ErrorResponse, ...] = (
+    ErrorResponse(
+        400,
+        "The body is not JSON, or not valid for this route: `detail` lists each problem (`loc` "
+        "names the field, `msg` says what was expected). Nothing was recorded.",
+    ),
+    ErrorResponse(
+        404,
+        "No prediction carries this `request_id` (after waiting for predictions still on their "
+        "way to the store); nothing was recorded.",
+        apis=frozenset({"feedback"}),
+    ),
+    ErrorResponse(
+        413,
+        "The body is {too_large}. Nothing was recorded.",
+    ),
+    ErrorResponse(415, "The body was not sent as `application/json`. Nothing was recorded."),
+    ErrorResponse(
+        500,
+        "A bug, never an answer to bad input: the server log has the details. Nothing was "
+        "recorded.",
+    ),
+    ErrorResponse(
+        503,
+        "Overloaded, starting or stopping, or the predictions or feedback cannot be recorded now "
+        "(the store is unreachable and, for predictions, the spool is full). Nothing was "
+        "recorded: send it again after `Retry-After` seconds.",
+        headers=("Retry-After",),
+    ),
+    ErrorResponse(
+        504,
+        "The feedback store took longer than the service's request timeout. The labels may or "
+        "may not be recorded: sending them again is safe (feedback is idempotent).",
+        apis=FEEDBACK_APIS,
+    ),
+)
+
+
+# What a batch route carries, by API name.
+BATCH_ITEMS = {"predict_batch": "records", "feedback_batch": "labels"}
+
+
+def items_per_request(api: str, max_records: int) -> int:
+    """The most records or labels one request to ``api`` carries (1 for the single routes)."""
+    if api == "predict_batch":
+        return max_records
+    if api == "feedback_batch":
+        return MAX_FEEDBACK_LABELS
+    return 1
+
+
+def body_limit(api: str, max_records: int) -> int:
+    """The largest body ``api`` reads, in bytes: ``MAX_ITEM_BYTES`` per item it may carry."""
+    return MAX_ITEM_BYTES * items_per_request(api, max_records)
+
+
+def too_large(api: str, max_records: int) -> str:
+    """What a body too large for ``api`` is, e.g. "over 16,384 bytes"."""
+    text = f"over {body_limit(api, max_records):,} bytes"
+    if api in BATCH_ITEMS:
+        text += f", or carries more than {items_per_request(api, max_records):,} {BATCH_ITEMS[api]}"
+    return text
+
+
+def _inline(model: Any, schemas: dict[str, Any]) -> dict[str, Any]:
+    """``model``'s JSON schema, its nested models moved into the document's components."""
+    schema: dict[str, Any] = model.model_json_schema(ref_template=REF)
+    schemas.update(schema.pop("$defs", {}))
+    return schema
+
+
+def openapi_document(service: bentoml.Service[Any], max_records: int) -> dict[str, Any]:
+    """BentoML's OpenAPI document of ``service``, describing what the API routes really answer.
+
+    Each API route's request body is required, ``application/json`` only, with the input model's
+    full JSON schema (unions and nulls kept); its 200 body is the output model's; its errors are
+    the :data:`ERRORS` that apply to it, all with the shared ``Error`` schema. ``/readyz`` also
+    documents its 503.
+    """
+    document: dict[str, Any] = service.openapi_spec.asdict()
+    # Pydantic writes JSON Schema 2020-12 (a union with null, lists of examples): OpenAPI 3.1's.
+    document["openapi"] = "3.1.0"
+    schemas: dict[str, Any] = document.setdefault("components", {}).setdefault("schemas", {})
+    for stale in _BENTOML_ERROR_SCHEMAS:
+        schemas.pop(stale, None)
+    schemas.update(copy.deepcopy(SCHEMAS))
+    for name, api in service.apis.items():
+        operation = document["paths"][api.route]["post"]
+        request = _inline(api.input_spec, schemas)
+        records = request.get("properties", {}).get("records")
+        if name == "predict_batch" and records is not None:
+            records["maxItems"] = max_records
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": request}},
+        }
+        responses: dict[str, Any] = {
+            "200": {
+                "description": "Successful Response",
+                "content": {"application/json": {"schema": _inline(api.output_spec, schemas)}},
+            }
+        }
+        for error in ERRORS:
+            if error.apis is None or name in error.apis:
+                responses[str(error.status)] = error.response(too_large(name, max_records))
+        operation["responses"] = responses
+    readyz = document["paths"].get("/readyz", {}).get("get")
+    if readyz is not None:
+        readyz["responses"]["503"] = {
+            "description": "Not ready: predictions could not be recorded now (the store is "
+            "unreachable and the spool is past 90% full), or the service is starting or stopping.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    return document
