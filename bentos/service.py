@@ -154,6 +154,20 @@ def _label_spelling(value: Label) -> str:
     return str(value)
 
 
+def _label_schema(schema: dict[str, Any]) -> None:
+    """Name the label's accepted values in its JSON schema, per JSON type (text is also taken in
+    any case and with surrounding spaces), so that a client generated from the document offers
+    them rather than any string or number."""
+    labels = (SPEC.positive_label, SPEC.negative_label)
+    numbers = {0, 1} | {v for v in labels if isinstance(v, int) and not isinstance(v, bool)}
+    texts = dict.fromkeys([*(_label_spelling(v) for v in labels), "1", "0"])
+    schema["anyOf"] = [
+        {"type": "boolean"},
+        {"type": "integer", "enum": sorted(numbers)},
+        {"type": "string", "enum": list(texts)},
+    ]
+
+
 class FeedbackRequest(BaseModel):
     """The ground truth for one prediction; unknown fields are refused like the prediction's."""
 
@@ -167,6 +181,7 @@ class FeedbackRequest(BaseModel):
     label: Label = Field(
         description=_accepted_labels(),
         examples=[SPEC.positive_label, 1],
+        json_schema_extra=_label_schema,
     )
 
     refuse_nul = field_validator("request_id")(_refuse_nul)

@@ -228,7 +228,8 @@ def _operations(document: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]
 def test_the_document_describes_every_answer_of_the_api_routes(served: Served) -> None:
     """``/docs.json`` says what the service does: request bodies required, JSON only; the 200
     body; one shared error schema for 400 (with the list of field errors), 404 (feedback), 413,
-    415, 500 and 503 (with ``Retry-After``); feedback labels of every accepted JSON type."""
+    415, 500 and 503 (with ``Retry-After``); feedback labels of every accepted JSON type, with the
+    values each takes."""
     document = httpx.get(f"{served.url}/docs.json", timeout=30).json()
     schemas = document["components"]["schemas"]
 
@@ -255,7 +256,11 @@ def test_the_document_describes_every_answer_of_the_api_routes(served: Served) -
     label = schemas["FeedbackRequest"]["properties"]["label"]
     feedback = document["paths"]["/feedback"]["post"]["requestBody"]["content"]
     assert feedback["application/json"]["schema"]["properties"]["label"] == label
-    assert [t["type"] for t in label["anyOf"]] == ["boolean", "integer", "string"]
+    assert label["anyOf"] == [
+        {"type": "boolean"},
+        {"type": "integer", "enum": [0, 1]},
+        {"type": "string", "enum": ["1", "0"]},
+    ]
     batch = document["paths"]["/predict_batch"]["post"]["requestBody"]["content"]
     records = batch["application/json"]["schema"]["properties"]["records"]
     assert (records["minItems"], records["maxItems"]) == (1, 1000)
