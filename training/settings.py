@@ -44,6 +44,11 @@ class Settings(BaseSettings):
         batch_max_records: the most records one ``/predict_batch`` request may carry.
         db_connect_timeout_s: connect timeout of the service's database connections.
         db_statement_timeout_ms: statement timeout of the service's database connections.
+        auth: ``on``: the service's API routes need an API key (``driftloop keys``); ``off`` (the
+            default, for the local demo): anyone who reaches the port may predict and post labels.
+        auth_cache_s: how long each worker caches a key; a revoked key is refused within this.
+        rate_limit: requests per second a key may send to each worker, unless it has its own rate.
+        rate_burst: requests a key may send at once (the bucket's size) at the default rate.
     """
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", extra="ignore")
@@ -69,6 +74,10 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(1000, ge=1, le=100_000)
     db_connect_timeout_s: int = Field(3, ge=1, le=300)
     db_statement_timeout_ms: int = Field(5000, ge=1)
+    auth: Literal["on", "off"] = "off"
+    auth_cache_s: float = Field(10.0, ge=0, le=3600)
+    rate_limit: float = Field(50.0, gt=0)
+    rate_burst: int = Field(100, ge=1)
 
     @field_validator("home", "models")
     @classmethod

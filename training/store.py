@@ -41,8 +41,10 @@ _TABLES = (
     "model_versions",
     "training_runs",
     "drift_runs",
+    "feedback_history",
     "feedback",
     "predictions",
+    "api_keys",
 )
 
 Connection = psycopg2.extensions.connection

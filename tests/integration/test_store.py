@@ -40,7 +40,7 @@ def _prediction(request_id: str, at: datetime, **features: object) -> Prediction
 def test_migrations_apply_once(store_url: str) -> None:
     with connect(store_url) as conn:
         assert migrate(conn) == []
-        assert applied_migrations(conn) == [1, 2]
+        assert applied_migrations(conn) == [1, 2, 3]
 
 
 def test_predictions_are_idempotent_on_request_id(store_url: str) -> None:

@@ -1,0 +1,103 @@
+"""API keys in the real store, and the ``driftloop keys`` commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.errors import NotFoundError
+from training.keys import (
+    authorize,
+    count_uses,
+    create_key,
+    find_key,
+    hash_secret,
+    list_keys,
+    parse_token,
+    revoke_key,
+)
+from training.store import connect
+
+pytestmark = pytest.mark.integration
+
+
+def test_create_stores_only_the_hash_and_the_token_authorizes(store_url: str) -> None:
+    with connect(store_url) as conn:
+        key, token = create_key(conn, "app", ["predict", "feedback"], rate_per_s=5)
+    parsed = parse_token(token)
+    assert parsed is not None
+    assert parsed[0] == key.id
+    with connect(store_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT secret_hash FROM api_keys WHERE id = %s", (key.id,))
+        assert cur.fetchone() == (hash_secret(parsed[1]),)
+        cur.execute("SELECT count(*) FROM api_keys WHERE secret_hash LIKE %s", (f"%{parsed[1]}%",))
+        assert cur.fetchone() == (0,)
+    with connect(store_url) as conn:
+        decision = authorize(token, "feedback", lambda key_id: find_key(conn, key_id))
+        assert decision.allowed
+        assert decision.key is not None
+        assert decision.key.rate_per_s == 5
+
+
+def test_names_are_unique_and_scopes_known(store_url: str) -> None:
+    with connect(store_url) as conn:
+        create_key(conn, "app", ["predict"])
+    with connect(store_url) as conn, pytest.raises(ValueError, match="exists"):
+        create_key(conn, "app", ["predict"])
+    with connect(store_url) as conn, pytest.raises(ValueError, match="scopes must be"):
+        create_key(conn, "other", ["write"])
+
+
+def test_revoke_by_name_or_id_and_count_uses(store_url: str) -> None:
+    with connect(store_url) as conn:
+        first, token = create_key(conn, "first", ["predict"])
+        second, _ = create_key(conn, "second", ["admin"])
+        count_uses(conn, {first.id: 3, second.id: 1})
+        count_uses(conn, {first.id: 2})
+    with connect(store_url) as conn:
+        assert revoke_key(conn, "first").revoked
+        assert revoke_key(conn, second.id).revoked
+        with pytest.raises(NotFoundError):
+            revoke_key(conn, "nobody")
+        keys = {k.name: k for k in list_keys(conn)}
+        assert authorize(token, "predict", lambda key_id: find_key(conn, key_id)).status == 401
+    assert keys["first"].uses == 5
+    assert keys["second"].uses == 1
+    assert keys["first"].last_used_at is not None
+
+
+def _driftloop(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "training.cli", "keys", *args],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_create_list_revoke(env: Path) -> None:
+    created = _driftloop("create", "--name", "labeller", "--scope", "feedback", "--rate", "2/s")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip().splitlines()[2]
+    assert parse_token(token) is not None
+    listed = _driftloop("list")
+    assert "labeller" in listed.stdout
+    assert "feedback" in listed.stdout
+    assert "2/s" in listed.stdout
+    assert token not in listed.stdout
+    again = _driftloop("create", "--name", "labeller", "--scope", "predict")
+    assert again.returncode == 1
+    assert "exists" in again.stderr
+    revoked = _driftloop("revoke", "labeller")
+    assert revoked.returncode == 0
+    assert "within 10 s" in revoked.stdout
+    assert "revoked" in _driftloop("list").stdout
+    missing = _driftloop("revoke", "nobody")
+    assert missing.returncode == 1
+    assert "no API key" in missing.stderr
