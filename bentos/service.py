@@ -517,9 +517,10 @@ class _ServedWithHotPath(bentoml.Service):  # type: ignore[misc]
     __slots__ = ()
 
     def to_asgi(self, is_main: bool = True) -> Any:
+        from bentos.access import Access
         from bentos.hotpath import HotPath
 
-        return HotPath(super().to_asgi(is_main), self)
+        return Access(HotPath(super().to_asgi(is_main), self))
 
 
 ChurnService.__class__ = _ServedWithHotPath  # type: ignore[method-assign]

@@ -42,6 +42,7 @@ __all__ = [
     "KeyRing",
     "RateLimiter",
     "Scope",
+    "StoreKeys",
     "authorize",
     "count_uses",
     "create_key",
@@ -373,3 +374,48 @@ class RateLimiter:
         reset = math.ceil((burst - bucket.tokens) / rate)
         retry = 0 if allowed else max(1, math.ceil((1.0 - bucket.tokens) / rate))
         return Allowance(allowed, burst, int(bucket.tokens), reset, retry)
+
+
+class StoreKeys:
+    """:class:`KeyRing`'s access to the store: one connection kept open (a lookup of an unknown
+    id must not cost a new connection), replaced when the server dropped it."""
+
+    def __init__(self, database_url: str, connect_timeout_s: int, statement_timeout_ms: int):
+        self.database_url = database_url
+        self.connect_timeout_s = connect_timeout_s
+        self.statement_timeout_ms = statement_timeout_ms
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+
+    def _run(self, action: Callable[[Connection], Any]) -> Any:
+        from training.store import service_connection
+
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                self._conn = service_connection(
+                    self.database_url,
+                    connect_timeout_s=self.connect_timeout_s,
+                    statement_timeout_ms=self.statement_timeout_ms,
+                    application_name="driftloop-keys",
+                )
+            try:
+                with self._conn:
+                    return action(self._conn)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                self._conn.close()
+                self._conn = None
+                raise
+
+    def load(self, key_id: str) -> ApiKey | None:
+        """The key with this id (psycopg2.Error when the store does not answer)."""
+        key: ApiKey | None = self._run(lambda conn: find_key(conn, key_id))
+        return key
+
+    def write_uses(self, uses: dict[str, int]) -> None:
+        self._run(lambda conn: count_uses(conn, uses))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

@@ -1,0 +1,208 @@
+"""API keys and rate limits in front of every route (``DRIFTLOOP_AUTH=on``), as an ASGI layer.
+
+It runs before :mod:`bentos.hotpath`, so a request without a valid key is refused before its body is
+read. The decision itself is :func:`training.keys.authorize` (no HTTP in it); this layer reads the
+key from ``Authorization: Bearer <key>`` or ``X-API-Key``, answers 401, 429 or 403 in the service's
+one error shape (:class:`bentos.hotpath.Refusal`), and adds ``X-RateLimit-*`` headers to every
+answer of a limited route.
+
+Which routes need what: ``/predict*`` the ``predict`` scope, ``/feedback*`` ``feedback``, and
+``/metrics`` ``admin`` (it tells traffic volumes, error rates and model names to whoever reads it).
+``/readyz`` and ``/livez`` stay open (orchestrators probe them without credentials), and so do
+``/docs.json`` and the Swagger UI: the document holds no data, and a client needs it to learn how to
+authenticate. An ``admin`` key may use every route.
+
+A request that passes carries its key's id in :func:`current_key_id` (a context variable), which the
+feedback routes record with each label.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import anyio.to_thread
+import psycopg2
+
+from bentos.hotpath import ASGIApp, Message, Receive, Refusal, Scope, Send, _log_refusal
+
+if TYPE_CHECKING:
+    from training.keys import ApiKey, Decision, KeyRing, RateLimiter
+    from training.keys import Scope as KeyScope
+    from training.settings import Settings
+
+__all__ = ["Access", "current_key_id", "route_scope"]
+
+log = logging.getLogger("driftloop.serve")
+
+_key_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("driftloop_key", default=None)
+
+
+def current_key_id() -> str | None:
+    """The id of the API key this request was let in with; None when auth is off."""
+    return _key_id.get()
+
+
+def route_scope(path: str) -> KeyScope | None:
+    """The scope a path needs; None: open to anyone."""
+    if path.startswith("/predict"):
+        return "predict"
+    if path.startswith("/feedback"):
+        return "feedback"
+    if path.startswith("/metrics"):
+        return "admin"
+    return None
+
+
+def credential(scope: Scope) -> str | None:
+    """The key sent as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            kind, _, token = value.decode("latin-1").partition(" ")
+            if kind.lower() == "bearer" and token.strip():
+                return str(token.strip())
+        elif name == b"x-api-key" and value.strip():
+            return str(value.decode("latin-1").strip())
+    return None
+
+
+class Access:
+    """The ASGI layer: passes everything through when auth is off."""
+
+    def __init__(self, app: ASGIApp, settings: Settings | None = None) -> None:
+        from training.settings import get_settings
+
+        self.app = app
+        self.settings = settings or get_settings()
+        self.on = self.settings.auth == "on"
+        self._ring: KeyRing | None = None
+        self._limiter: RateLimiter | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.on:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._on_shutdown(receive), send)
+            return
+        needed = route_scope(scope.get("path", "")) if scope["type"] == "http" else None
+        if needed is None:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers: dict[str, str] = {}
+        try:
+            decision = await self._authenticate(scope, needed)
+            headers = self._limit(decision)
+        except Refusal as refusal:
+            refusal.headers = {**headers, **refusal.headers}
+            # Starlette types send's message as a MutableMapping; the hot path's as a dict.
+            await refusal.response()(scope, receive, send)  # type: ignore[arg-type]
+            _log_refusal(scope, refusal.status, started, refusal.body)
+            return
+        assert decision.key is not None
+        token = _key_id.set(decision.key.id)
+        try:
+            await self.app(scope, receive, _with_headers(send, headers))
+        finally:
+            _key_id.reset(token)
+
+    async def _authenticate(self, scope: Scope, needed: KeyScope) -> Decision:
+        """Whether a request may use a route needing ``needed``: a Decision with its key (200 or
+        403; a 403 is answered once the key's rate is counted), else Refusal 401 or 503."""
+        from training.keys import authorize, parse_token
+
+        ring = await self._keys()
+        sent = credential(scope)
+        parsed = parse_token(sent) if sent else None
+        if parsed is not None:
+            hit, _ = ring.cached(parsed[0])
+            if not hit:
+                try:
+                    await anyio.to_thread.run_sync(ring.find, parsed[0])
+                except (psycopg2.Error, OSError) as exc:
+                    log.warning("API keys unavailable: %s", str(exc).strip().splitlines()[0])
+                    raise Refusal(
+                        503,
+                        {"error": "API keys cannot be checked now (the store is unavailable)"},
+                        {"Retry-After": "5"},
+                    ) from None
+        # Every lookup is cached by now: find does not block.
+        decision = authorize(sent, needed, ring.find)
+        if decision.status == 401:
+            raise Refusal(401, {"error": decision.error}, {"WWW-Authenticate": "Bearer"})
+        assert decision.key is not None
+        ring.used(decision.key.id)
+        return decision
+
+    def _limit(self, decision: Decision) -> dict[str, str]:
+        """Spend one request of the key's bucket; the headers to send (Refusal 429, then 403: a
+        key is limited on every route it tries)."""
+        assert self._limiter is not None
+        assert decision.key is not None
+        key: ApiKey = decision.key
+        allowance = self._limiter.take(key.id, key.rate_per_s)
+        headers = {
+            "X-RateLimit-Limit": str(allowance.limit),
+            "X-RateLimit-Remaining": str(allowance.remaining),
+            "X-RateLimit-Reset": str(allowance.reset_s),
+        }
+        if not allowance.allowed:
+            raise Refusal(
+                429,
+                {
+                    "error": f"rate limit of this API key exceeded; retry after "
+                    f"{allowance.retry_after_s} s"
+                },
+                {**headers, "Retry-After": str(allowance.retry_after_s)},
+            )
+        if not decision.allowed:
+            raise Refusal(403, {"error": decision.error}, headers)
+        return headers
+
+    async def _keys(self) -> KeyRing:
+        if self._ring is None:
+            self._ring = await anyio.to_thread.run_sync(self._start)
+        return self._ring
+
+    def _start(self) -> KeyRing:
+        """The worker's key ring and rate limiter, made on the first request."""
+        from training.keys import KeyRing, RateLimiter, StoreKeys
+        from training.postgres import database_url
+
+        if self._ring is not None:
+            return self._ring
+        settings = self.settings
+        store = StoreKeys(
+            database_url(settings),
+            connect_timeout_s=settings.db_connect_timeout_s,
+            statement_timeout_ms=settings.db_statement_timeout_ms,
+        )
+        ring = KeyRing(store.load, store.write_uses, ttl_s=settings.auth_cache_s)
+        ring.start()
+        self._limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+        return ring
+
+    def _on_shutdown(self, receive: Receive) -> Receive:
+        """Write the uses still counted when the worker stops."""
+
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown" and self._ring is not None:
+                await anyio.to_thread.run_sync(self._ring.close)
+            return message
+
+        return wrapped
+
+
+def _with_headers(send: Send, headers: dict[str, str]) -> Send:
+    extra = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return wrapped

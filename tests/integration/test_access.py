@@ -1,0 +1,143 @@
+"""API keys and rate limits on a real ``bentoml serve`` with ``DRIFTLOOP_AUTH=on`` (one worker)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.integration.test_service import EXAMPLE, bento_server, champion_environment, query
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# Short, so that the revocation test waits little; the default is 10 s.
+CACHE_S = 2.0
+
+
+@dataclass(frozen=True)
+class Secured:
+    url: str
+    database_url: str
+    tokens: dict[str, str]
+
+    def post(
+        self, route: str, body: object, key: str | None = None, **headers: str
+    ) -> httpx.Response:
+        if key is not None:
+            headers["authorization"] = f"Bearer {self.tokens[key]}"
+        return httpx.post(f"{self.url}{route}", json=body, headers=headers, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def secured(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    from training.keys import create_key
+    from training.store import connect
+
+    home = tmp_path_factory.mktemp("access-home")
+    with champion_environment(server_url, home) as champion:
+        tokens = {}
+        with connect(champion.database_url) as conn:
+            for name, scopes, rate in (
+                ("both", ["predict", "feedback"], None),
+                ("predictor", ["predict"], None),
+                ("revoked", ["predict"], None),
+                ("slow", ["predict"], 2.0),
+                ("admin", ["admin"], None),
+            ):
+                tokens[name] = create_key(conn, name, scopes, rate)[1]
+        env = {
+            **os.environ,
+            "DRIFTLOOP_AUTH": "on",
+            "DRIFTLOOP_AUTH_CACHE_S": str(CACHE_S),
+        }
+        with bento_server(champion.bento_tag, home, env, home / "serve.log") as (url, _):
+            yield Secured(url, champion.database_url, tokens)
+
+
+def test_no_key_401_wrong_scope_403_good_key_200(secured: Secured) -> None:
+    missing = secured.post("/predict", EXAMPLE)
+    assert missing.status_code == 401
+    assert missing.json()["error"].startswith("an API key is required")
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = secured.post("/predict", EXAMPLE, authorization="Bearer dl_0123456789ab_" + "x" * 43)
+    assert wrong.status_code == 401
+    assert "X-RateLimit-Limit" not in wrong.headers
+
+    predicted = secured.post("/predict", EXAMPLE, key="predictor")
+    assert predicted.status_code == 200, predicted.text
+    assert int(predicted.headers["x-ratelimit-limit"]) == 100
+    assert "x-ratelimit-remaining" in predicted.headers
+    assert "x-ratelimit-reset" in predicted.headers
+    request_id = predicted.json()["request_id"]
+
+    forbidden = secured.post("/feedback", {"request_id": request_id, "label": 1}, key="predictor")
+    assert forbidden.status_code == 403
+    assert forbidden.json() == {
+        "error": "this API key may not use this route: it needs the 'feedback' scope"
+    }
+    assert "x-ratelimit-remaining" in forbidden.headers
+
+    by_header = httpx.post(
+        f"{secured.url}/predict",
+        json=EXAMPLE,
+        headers={"x-api-key": secured.tokens["both"]},
+        timeout=30,
+    )
+    assert by_header.status_code == 200
+    labelled = secured.post("/feedback", {"request_id": request_id, "label": 1}, key="both")
+    assert labelled.status_code == 200, labelled.text
+
+    assert httpx.get(f"{secured.url}/readyz", timeout=10).status_code == 200
+    assert httpx.get(f"{secured.url}/livez", timeout=10).status_code == 200
+    assert httpx.get(f"{secured.url}/docs.json", timeout=10).status_code == 200
+    assert httpx.get(f"{secured.url}/metrics", timeout=10).status_code == 401
+    admin = {"authorization": f"Bearer {secured.tokens['admin']}"}
+    assert httpx.get(f"{secured.url}/metrics", headers=admin, timeout=10).status_code == 200
+
+
+def test_a_revoked_key_is_refused_within_the_cache_ttl(secured: Secured) -> None:
+    from training.keys import revoke_key
+    from training.store import connect
+
+    assert secured.post("/predict", EXAMPLE, key="revoked").status_code == 200
+    with connect(secured.database_url) as conn:
+        revoke_key(conn, "revoked")
+    revoked_at = time.monotonic()
+    while secured.post("/predict", EXAMPLE, key="revoked").status_code == 200:
+        assert time.monotonic() - revoked_at < CACHE_S + 1.0, "still accepted after the TTL"
+        time.sleep(0.1)
+    assert secured.post("/predict", EXAMPLE, key="revoked").status_code == 401
+
+
+def test_a_burst_over_the_rate_gets_429_with_the_headers(secured: Secured) -> None:
+    answers = [secured.post("/predict", EXAMPLE, key="slow") for _ in range(5)]
+    statuses = [a.status_code for a in answers]
+    assert statuses[:2] == [200, 200], statuses  # a burst of one second's worth: 2
+    assert 429 in statuses, statuses
+    limited = answers[statuses.index(429)]
+    assert limited.json()["error"].startswith("rate limit of this API key exceeded")
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.headers["x-ratelimit-limit"] == "2"
+    assert limited.headers["x-ratelimit-remaining"] == "0"
+    assert int(limited.headers["x-ratelimit-reset"]) >= 1
+    time.sleep(1.1)
+    assert secured.post("/predict", EXAMPLE, key="slow").status_code == 200
+
+
+def test_uses_are_counted_per_key(secured: Secured) -> None:
+    before = {
+        name: uses for name, uses in query(secured.database_url, "SELECT name, uses FROM api_keys")
+    }
+    for _ in range(3):
+        assert secured.post("/predict", EXAMPLE, key="both").status_code == 200
+    deadline = time.monotonic() + 15  # flushed every 5 s
+    while time.monotonic() < deadline:
+        after = dict(query(secured.database_url, "SELECT name, uses FROM api_keys"))
+        if after["both"] >= before["both"] + 3:
+            break
+        time.sleep(0.5)
+    assert after["both"] >= before["both"] + 3
