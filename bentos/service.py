@@ -417,9 +417,12 @@ class ChurnService:
             return cast(list[Prediction], refusal(exc).response())
         return [Prediction(**answer) for answer in answers]
 
-    def _record_feedback(self, items: list[FeedbackRequest]) -> list[FeedbackItemReceipt]:
-        """Store each label in one transaction; a label naming no stored prediction is reported
-        ``not_found``, after waiting for the workers' spools to reach PostgreSQL once.
+    def _record_feedback(
+        self, items: list[FeedbackRequest], key_id: str | None = None
+    ) -> list[FeedbackItemReceipt]:
+        """Store each label in one transaction, as posted by API key ``key_id`` (None: auth is off);
+        a label naming no stored prediction is reported ``not_found``, after waiting for the
+        workers' spools to reach PostgreSQL once.
 
         Raises:
             _StoreDown: the store did not answer.
@@ -439,6 +442,7 @@ class ChurnService:
                             item.request_id,
                             item.outcome,
                             raw_label=_label_spelling(item.label),
+                            key_id=key_id,
                         ).status
                     except NotFoundError:
                         status = "not_found"
@@ -475,9 +479,11 @@ class ChurnService:
         404 with ``{"error": ...}``. The response is built here because BentoML 1.4 renders the
         body of a raised 4xx exception as a one-element list.
         """
+        from bentos.access import current_key_id
+
         item = FeedbackRequest(request_id=request_id, label=label)
         try:
-            (receipt,) = self._record_feedback([item])
+            (receipt,) = self._record_feedback([item], current_key_id())
         except _StoreDown:
             return _store_down()
         if receipt.status == "not_found":
@@ -498,8 +504,10 @@ class ChurnService:
         (400, naming its index). A label naming no stored prediction is reported ``not_found`` and
         the others are stored.
         """
+        from bentos.access import current_key_id
+
         try:
-            return self._record_feedback(labels)
+            return self._record_feedback(labels, current_key_id())
         except _StoreDown:
             # BentoML sends a Response as it is; the annotation stays the documented 200 body.
             return cast(list[FeedbackItemReceipt], _store_down())

@@ -380,27 +380,64 @@ class FeedbackOutcome:
 
 
 # A label sent again in another spelling ("Yes", then 1) is the same label: nothing is written,
-# and the spelling first sent stays in raw_label.
+# and the spelling first sent stays in raw_label. A different label replaces the row and the row it
+# replaced goes to feedback_history, with the key that posted the new one (replaced_by), in the
+# same statement. _LOCK_FEEDBACK runs first: corrections of one label wait for each other, so each
+# statement's snapshot holds the row it replaces (a FOR UPDATE inside the statement would skip a
+# row the upsert already changed). A first label racing another first label for the same request
+# is written as an update without a history row: the row it replaced was never visible to it.
+_LOCK_FEEDBACK = "SELECT 1 FROM feedback WHERE request_id = ANY(%s) ORDER BY request_id FOR UPDATE"
+
 _FEEDBACK_UPSERT = """
-INSERT INTO feedback (request_id, label, raw_label, received_at)
-SELECT p.request_id, %(label)s, %(raw_label)s, COALESCE(%(received_at)s, now())
-FROM predictions p WHERE p.request_id = %(request_id)s
-ON CONFLICT (request_id) DO UPDATE
-    SET label = EXCLUDED.label,
-        raw_label = EXCLUDED.raw_label,
-        received_at = EXCLUDED.received_at,
-        revisions = feedback.revisions + 1
-    WHERE feedback.label IS DISTINCT FROM EXCLUDED.label
-RETURNING (xmax = 0) AS inserted
+WITH previous AS (
+    SELECT request_id, label, raw_label, key_id, received_at FROM feedback
+    WHERE request_id = %(request_id)s
+), written AS (
+    INSERT INTO feedback (request_id, label, raw_label, received_at, key_id)
+    SELECT p.request_id, %(label)s, %(raw_label)s, COALESCE(%(received_at)s, now()), %(key_id)s
+    FROM predictions p WHERE p.request_id = %(request_id)s
+    ON CONFLICT (request_id) DO UPDATE
+        SET label = EXCLUDED.label,
+            raw_label = EXCLUDED.raw_label,
+            received_at = EXCLUDED.received_at,
+            key_id = EXCLUDED.key_id,
+            revisions = feedback.revisions + 1
+        WHERE feedback.label IS DISTINCT FROM EXCLUDED.label
+    RETURNING request_id, (xmax = 0) AS inserted
+), kept AS (
+    INSERT INTO feedback_history (request_id, label, raw_label, key_id, received_at, replaced_by)
+    SELECT p.request_id, p.label, p.raw_label, p.key_id, p.received_at, %(key_id)s
+    FROM previous p JOIN written w USING (request_id)
+    WHERE NOT w.inserted
+)
+SELECT inserted FROM written
 """
 
-_FEEDBACK_MANY = (
-    "INSERT INTO feedback (request_id, label, raw_label, received_at) VALUES %s"
-    " ON CONFLICT (request_id) DO UPDATE SET label = EXCLUDED.label,"
-    " raw_label = EXCLUDED.raw_label, received_at = EXCLUDED.received_at,"
-    " revisions = feedback.revisions + 1"
-    " WHERE feedback.label IS DISTINCT FROM EXCLUDED.label"
+# The same for many labels (one statement per page of execute_values).
+_FEEDBACK_MANY = """
+WITH incoming (request_id, label, raw_label, received_at, key_id) AS (VALUES %s),
+previous AS (
+    SELECT f.request_id, f.label, f.raw_label, f.key_id, f.received_at
+    FROM feedback f JOIN incoming i USING (request_id)
+), written AS (
+    INSERT INTO feedback (request_id, label, raw_label, received_at, key_id)
+    SELECT request_id, label, raw_label, received_at, key_id FROM incoming
+    ON CONFLICT (request_id) DO UPDATE
+        SET label = EXCLUDED.label,
+            raw_label = EXCLUDED.raw_label,
+            received_at = EXCLUDED.received_at,
+            key_id = EXCLUDED.key_id,
+            revisions = feedback.revisions + 1
+        WHERE feedback.label IS DISTINCT FROM EXCLUDED.label
+    RETURNING request_id, (xmax = 0) AS inserted
+), kept AS (
+    INSERT INTO feedback_history (request_id, label, raw_label, key_id, received_at, replaced_by)
+    SELECT p.request_id, p.label, p.raw_label, p.key_id, p.received_at, i.key_id
+    FROM previous p JOIN written w USING (request_id) JOIN incoming i USING (request_id)
+    WHERE NOT w.inserted
 )
+SELECT count(*) FROM written
+"""
 
 
 def _check_label(request_id: str, label: int) -> None:
@@ -419,6 +456,7 @@ def record_feedback(
     received_at: datetime | None = None,
     *,
     raw_label: str | None = None,
+    key_id: str | None = None,
 ) -> FeedbackOutcome:
     """Store the ground truth for one prediction; the latest differing label wins.
 
@@ -429,6 +467,8 @@ def record_feedback(
         received_at: when it arrived; now when None.
         raw_label: the label as it was sent ("Yes", "1", "true"), kept in ``feedback.raw_label``;
             written with the label, so a different spelling of the same label changes nothing.
+        key_id: the API key that posted it (``feedback.key_id``); None when auth is off. A label
+            it replaces is kept in ``feedback_history`` with this key as ``replaced_by``.
 
     Raises:
         NotFoundError: no prediction carries ``request_id``.
@@ -440,8 +480,10 @@ def record_feedback(
         "label": label,
         "raw_label": raw_label,
         "received_at": received_at,
+        "key_id": key_id,
     }
     with conn.cursor() as cur:
+        cur.execute(_LOCK_FEEDBACK, ([request_id],))
         cur.execute(_FEEDBACK_UPSERT, params)
         row = cur.fetchone()
         if row is not None:
@@ -452,13 +494,17 @@ def record_feedback(
     return FeedbackOutcome(request_id, label, "unchanged")
 
 
-def record_feedback_many(conn: Connection, labels: Sequence[FeedbackRow]) -> int:
+def record_feedback_many(
+    conn: Connection, labels: Sequence[FeedbackRow], *, key_id: str | None = None
+) -> int:
     """Bulk feedback for known request ids (the demo's delayed labels); returns rows written.
 
     Args:
         conn: the store.
         labels: ``(request_id, label, received_at)`` rows, or ``(request_id, label, received_at,
             raw_label)`` to keep the label as it was sent; labels are 0/1, received_at None is now.
+        key_id: the API key that posted them, recorded as :func:`record_feedback` records it
+            (replaced labels kept in ``feedback_history``).
 
     Raises:
         ValueError: a label is not 0 or 1 (nothing is written).
@@ -467,11 +513,12 @@ def record_feedback_many(conn: Connection, labels: Sequence[FeedbackRow]) -> int
     for request_id, label, *_ in rows:
         _check_label(request_id, label)
     with conn.cursor() as cur:
+        cur.execute(_LOCK_FEEDBACK, (sorted({row[0] for row in rows}),))
         psycopg2.extras.execute_values(
             cur,
             _FEEDBACK_MANY,
-            [(request_id, label, raw, at) for request_id, label, at, raw in rows],
-            template="(%s, %s, %s, COALESCE(%s, now()))",
+            [(request_id, label, raw, at, key_id) for request_id, label, at, raw in rows],
+            template="(%s, %s::smallint, %s::text, COALESCE(%s::timestamptz, now()), %s::text)",
             page_size=1000,
         )
     return len(labels)

@@ -141,3 +141,28 @@ def test_uses_are_counted_per_key(secured: Secured) -> None:
             break
         time.sleep(0.5)
     assert after["both"] >= before["both"] + 3
+
+
+def test_feedback_records_the_key_and_a_correction_keeps_its_predecessor(
+    secured: Secured,
+) -> None:
+    from training.keys import parse_token
+
+    ids = {name: parse_token(token)[0] for name, token in secured.tokens.items()}  # type: ignore[index]
+    request_id = secured.post("/predict", EXAMPLE, key="both").json()["request_id"]
+    first = secured.post("/feedback", {"request_id": request_id, "label": 1}, key="both")
+    assert first.json()["status"] == "created", first.text
+    correction = secured.post(
+        "/feedback_batch", {"labels": [{"request_id": request_id, "label": 0}]}, key="admin"
+    )
+    assert correction.json()[0]["status"] == "updated", correction.text
+    assert query(
+        secured.database_url,
+        "SELECT label, key_id FROM feedback WHERE request_id = %s",
+        (request_id,),
+    ) == [(0, ids["admin"])]
+    assert query(
+        secured.database_url,
+        "SELECT label, raw_label, key_id, replaced_by FROM feedback_history WHERE request_id = %s",
+        (request_id,),
+    ) == [(1, "1", ids["both"], ids["admin"])]
