@@ -121,13 +121,13 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 def _validation_error(exc: ValidationError) -> Refusal:
-    # BentoML's own shape for a 400 (``api_endpoint_wrapper``): the contract's, on every route.
+    # BentoML's shape for a 400 (``api_endpoint_wrapper``), with a message that names the first
+    # problem rather than the input model's class.
+    detail = exc.errors(include_context=False, include_input=False)
+    where = ".".join(str(part) for part in detail[0]["loc"])[:100] or "the body"
+    more = f" (and {len(detail) - 1} more, see detail)" if len(detail) > 1 else ""
     return Refusal(
-        400,
-        {
-            "error": f"{exc.error_count()} validation error for {exc.title}",
-            "detail": exc.errors(include_context=False, include_input=False),
-        },
+        400, {"error": f"invalid request: {where}: {detail[0]['msg']}{more}", "detail": detail}
     )
 
 
