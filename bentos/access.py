@@ -10,7 +10,9 @@ Which routes need what: ``/predict*`` the ``predict`` scope, ``/feedback*`` ``fe
 ``/metrics`` ``admin`` (it tells traffic volumes, error rates and model names to whoever reads it).
 ``/readyz`` and ``/livez`` stay open (orchestrators probe them without credentials), and so do
 ``/docs.json`` and the Swagger UI: the document holds no data, and a client needs it to learn how to
-authenticate. An ``admin`` key may use every route.
+authenticate. An ``admin`` key may use every route. With auth on, the document served there says
+so (:func:`secure_document`: the security schemes, and the 401, 403 and 429 answers with their
+headers).
 
 A request that passes carries its key's id in :func:`current_key_id` (a context variable), which the
 feedback routes record with each label.
@@ -21,11 +23,13 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 import psycopg2
+from pydantic_core import from_json, to_json
 
+from bentos.contract import AUTH_ERRORS, HEADERS, RATE_HEADERS
 from bentos.hotpath import ASGIApp, Message, Receive, Refusal, Scope, Send, _log_refusal
 
 if TYPE_CHECKING:
@@ -33,9 +37,16 @@ if TYPE_CHECKING:
     from training.keys import Scope as KeyScope
     from training.settings import Settings
 
-__all__ = ["Access", "current_key_id", "route_scope"]
+__all__ = ["Access", "current_key_id", "route_scope", "secure_document"]
 
 log = logging.getLogger("driftloop.serve")
+
+DOCS_PATH = "/docs.json"
+# The document's names of the two ways to send a key.
+SECURITY = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <key>"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
 
 _key_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("driftloop_key", default=None)
 
@@ -54,6 +65,26 @@ def route_scope(path: str) -> KeyScope | None:
     if path.startswith("/metrics"):
         return "admin"
     return None
+
+
+def secure_document(document: dict[str, Any]) -> dict[str, Any]:
+    """The service's OpenAPI document (``/docs.json``) as served with auth on: the two security
+    schemes, required by every route that needs a key, whose answers gain :data:`AUTH_ERRORS` and
+    the rate-limit headers."""
+    document.setdefault("components", {})["securitySchemes"] = SECURITY
+    for path, operations in document.get("paths", {}).items():
+        if route_scope(path) is None:
+            continue
+        for operation in operations.values():
+            operation["security"] = [{name: []} for name in SECURITY]
+            responses = operation.setdefault("responses", {})
+            ok = responses.get("200")
+            if ok is not None:
+                ok["headers"] = {**ok.get("headers", {}), **{h: HEADERS[h] for h in RATE_HEADERS}}
+            for error in AUTH_ERRORS:
+                responses[str(error.status)] = error.response(too_large="")
+            operation["responses"] = dict(sorted(responses.items()))
+    return document
 
 
 def credential(scope: Scope) -> str | None:
@@ -79,6 +110,7 @@ class Access:
         self.on = self.settings.auth == "on"
         self._ring: KeyRing | None = None
         self._limiter: RateLimiter | None = None
+        self._secured: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.on:
@@ -86,6 +118,9 @@ class Access:
             return
         if scope["type"] == "lifespan":
             await self.app(scope, self._on_shutdown(receive), send)
+            return
+        if scope["type"] == "http" and scope["path"] == DOCS_PATH and scope["method"] == "GET":
+            await self._document(scope, receive, send)
             return
         needed = route_scope(scope.get("path", "")) if scope["type"] == "http" else None
         if needed is None:
@@ -161,6 +196,38 @@ class Access:
         if not decision.allowed:
             raise Refusal(403, {"error": decision.error}, headers)
         return headers
+
+    async def _document(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The hot path's document with :func:`secure_document` applied (made once per worker)."""
+        if self._secured is None:
+            start: Message = {}
+            chunks: list[bytes] = []
+
+            async def keep(message: Message) -> None:
+                nonlocal start
+                if message["type"] == "http.response.start":
+                    start = message
+                else:
+                    chunks.append(message.get("body", b""))
+
+            await self.app(scope, receive, keep)
+            if start.get("status") != 200:
+                await send(start)
+                await send({"type": "http.response.body", "body": b"".join(chunks)})
+                return
+            self._secured = to_json(secure_document(from_json(b"".join(chunks))))
+        body = self._secured
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
     async def _keys(self) -> KeyRing:
         if self._ring is None:

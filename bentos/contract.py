@@ -25,10 +25,12 @@ if TYPE_CHECKING:
     import bentoml
 
 __all__ = [
+    "AUTH_ERRORS",
     "ERRORS",
     "HEADERS",
     "MAX_FEEDBACK_LABELS",
     "MAX_ITEM_BYTES",
+    "RATE_HEADERS",
     "ErrorResponse",
     "body_limit",
     "openapi_document",
@@ -91,7 +93,28 @@ HEADERS: dict[str, dict[str, Any]] = {
         "required": True,
         "schema": {"type": "integer", "minimum": 1},
     },
+    "WWW-Authenticate": {
+        "description": "how to authenticate: Bearer (send Authorization: Bearer <API key>)",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "X-RateLimit-Limit": {
+        "description": "requests this API key may send at once (its bucket) to this worker",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    },
+    "X-RateLimit-Remaining": {
+        "description": "requests it may still send now",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "X-RateLimit-Reset": {
+        "description": "seconds until its bucket is full again",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
+    },
 }
+RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 
 @dataclass(frozen=True)
@@ -157,6 +180,27 @@ ERRORS: tuple[ErrorResponse, ...] = (
         "The feedback store took longer than the service's request timeout. The labels may or "
         "may not be recorded: sending them again is safe (feedback is idempotent).",
         apis=FEEDBACK_APIS,
+    ),
+)
+
+
+# The answers of API keys and rate limits (bentos.access), documented when DRIFTLOOP_AUTH=on.
+AUTH_ERRORS: tuple[ErrorResponse, ...] = (
+    ErrorResponse(
+        401,
+        "No API key, or not a valid one (unknown, wrong or revoked). Nothing was recorded.",
+        headers=("WWW-Authenticate",),
+    ),
+    ErrorResponse(
+        403,
+        "The API key lacks this route's scope. Nothing was recorded.",
+        headers=RATE_HEADERS,
+    ),
+    ErrorResponse(
+        429,
+        "The API key sent more than its rate. Nothing was recorded: send it again after "
+        "`Retry-After` seconds.",
+        headers=("Retry-After", *RATE_HEADERS),
     ),
 )
 

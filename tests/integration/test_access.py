@@ -99,6 +99,20 @@ def test_no_key_401_wrong_scope_403_good_key_200(secured: Secured) -> None:
     assert httpx.get(f"{secured.url}/metrics", headers=admin, timeout=10).status_code == 200
 
 
+def test_the_document_declares_the_keys_and_their_answers(secured: Secured) -> None:
+    document = httpx.get(f"{secured.url}/docs.json", timeout=10).json()
+    assert set(document["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    for path in ("/predict", "/predict_batch", "/feedback", "/feedback_batch"):
+        operation = document["paths"][path]["post"]
+        assert operation["security"] == [{"bearer": []}, {"apiKey": []}]
+        for status in ("401", "403", "429"):
+            assert operation["responses"][status]["content"]["application/json"]
+        assert "Retry-After" in operation["responses"]["429"]["headers"]
+        assert "X-RateLimit-Remaining" in operation["responses"]["200"]["headers"]
+        assert "400" in operation["responses"]  # the contract's answers are kept
+    assert "security" not in document["paths"]["/readyz"]["get"]
+
+
 def test_a_revoked_key_is_refused_within_the_cache_ttl(secured: Secured) -> None:
     from training.keys import revoke_key
     from training.store import connect
