@@ -129,6 +129,32 @@ def test_validation_errors_are_400_objects_naming_the_field(
     assert [field] in locations, response.text
 
 
+def test_the_asgi_app_gates_the_feedback_routes_and_serves_the_patched_document(
+    service: InProcess,
+) -> None:
+    """The app ``bentoml serve`` runs in each worker (``to_asgi()``) holds the feedback routes to
+    the predictions' contract, JSON only (415) and a body limit (413), and serves the OpenAPI
+    document that says so; nothing is stored."""
+    url = service.champion.database_url
+    before = count(url, "feedback")
+
+    text = service.client.post(
+        "/feedback",
+        content='{"request_id": "x", "label": 1}',
+        headers={"content-type": "text/plain"},
+    )
+    padded = service.post_raw(
+        "/feedback", json.dumps({"request_id": "x", "label": 1, "p": "x" * 17000})
+    )
+    document = service.client.get("/docs.json").json()
+
+    assert text.status_code == 415, text.text
+    assert padded.status_code == 413, padded.text
+    assert document["paths"]["/feedback"]["post"]["requestBody"]["required"] is True
+    assert "Error" in document["components"]["schemas"]
+    assert count(url, "feedback") == before
+
+
 def test_killed_store_connections_fail_no_request(service: InProcess) -> None:
     """The store drops every connection of the service (as a restart does): the next prediction
     still answers 200 and is stored once the log writer reconnects, and the next feedback succeeds
