@@ -152,20 +152,24 @@ class Access:
         ring = await self._keys()
         sent = credential(scope)
         parsed = parse_token(sent) if sent else None
+        key: ApiKey | None = None
         if parsed is not None:
-            hit, _ = ring.cached(parsed[0])
+            hit, key = ring.cached(parsed[0])
             if not hit:
                 try:
-                    await anyio.to_thread.run_sync(ring.find, parsed[0])
+                    # A miss queries the store: in a thread, never on the event loop.
+                    key = await anyio.to_thread.run_sync(ring.find, parsed[0])
                 except (psycopg2.Error, OSError) as exc:
-                    log.warning("API keys unavailable: %s", str(exc).strip().splitlines()[0])
+                    log.warning(
+                        "API keys unavailable: %s",
+                        (str(exc).strip().splitlines() or [type(exc).__name__])[0],
+                    )
                     raise Refusal(
                         503,
                         {"error": "API keys cannot be checked now (the store is unavailable)"},
                         {"Retry-After": "5"},
                     ) from None
-        # Every lookup is cached by now: find does not block.
-        decision = authorize(sent, needed, ring.find)
+        decision = authorize(sent, needed, lambda key_id: key)
         if decision.status == 401:
             raise Refusal(401, {"error": decision.error}, {"WWW-Authenticate": "Bearer"})
         assert decision.key is not None

@@ -306,7 +306,10 @@ class KeyRing:
         try:
             self._write_uses(uses)
         except (psycopg2.Error, OSError) as exc:
-            log.warning("API key uses not written yet: %s", str(exc).strip().splitlines()[0])
+            log.warning(
+                "API key uses not written yet: %s",
+                (str(exc).strip().splitlines() or [type(exc).__name__])[0],
+            )
             with self._lock:
                 self._uses.update(uses)
 
