@@ -20,47 +20,57 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["private_control_sockets"]
 
-# Set on the replacement, so a second call (the module's entry point, then the service's hook)
-# leaves it in place.
+# Set on the replacement classes, so a second call (the module's entry point, then the service's
+# hook) leaves them in place.
 _PRIVATE = "__driftloop_private_control__"
 
 
 def private_control_sockets() -> None:
     """Make every circus arbiter BentoML creates in this process listen on Unix sockets in a
-    folder only this process's user can enter, not on 127.0.0.1 TCP ports."""
+    folder only this process's user can enter, not on 127.0.0.1 TCP ports.
+
+    BentoML's ``create_standalone_arbiter`` makes its arbiter from the classes ``Arbiter`` and
+    ``ThreadedArbiter`` of its module ``bentoml._internal.utils.circus``, looked up when it is
+    called; those are replaced by subclasses that take private endpoints whatever they are given.
+    (Replacing the function would not do: BentoML's ``serve_http`` imports it before it runs a
+    service's ``on_deployment`` hooks.)
+    """
     from bentoml._internal.utils import circus as bentoml_circus
 
-    if getattr(bentoml_circus.create_standalone_arbiter, _PRIVATE, False):
-        return
+    for name in ("Arbiter", "ThreadedArbiter"):
+        base = getattr(bentoml_circus, name)
+        if not getattr(base, _PRIVATE, False):
+            private = type(name, (base,), {"__init__": _private_init(base), _PRIVATE: True})
+            setattr(bentoml_circus, name, private)
 
-    def create_standalone_arbiter(
-        watchers: list[Any], *, threaded: bool = False, **kwargs: Any
-    ) -> Any:
-        # BentoML's own function with ipc:// endpoints; everything else as it passes it (its
-        # check_delay default included). BentoML's serving code imports this name when it
-        # serves, so replacing the module's attribute is enough.
+
+def _private_init(base: Any) -> Callable[..., None]:
+    def __init__(
+        self: Any, watchers: Any, endpoint: str, pubsub_endpoint: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # `endpoint` and `pubsub_endpoint` are BentoML's TCP ports, replaced here.
         folder = tempfile.mkdtemp(prefix="bentoml-circus-")
-        arbiter_class = bentoml_circus.ThreadedArbiter if threaded else bentoml_circus.Arbiter
         try:
-            arbiter = arbiter_class(
+            base.__init__(
+                self,
                 watchers,
-                endpoint=f"ipc://{folder}/control",
-                pubsub_endpoint=f"ipc://{folder}/pubsub",
-                check_delay=kwargs.pop("check_delay", 10),
+                f"ipc://{folder}/control",
+                f"ipc://{folder}/pubsub",
+                *args,
                 **kwargs,
             )
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        arbiter.exit_stack.callback(shutil.rmtree, folder, ignore_errors=True)
-        return arbiter
+        # Run when the arbiter stops, as BentoML's own clean-up of its socket folder is.
+        self.exit_stack.callback(shutil.rmtree, folder, ignore_errors=True)
 
-    setattr(create_standalone_arbiter, _PRIVATE, True)
-    bentoml_circus.create_standalone_arbiter = create_standalone_arbiter
+    return __init__
 
 
 def main() -> None:
