@@ -8,6 +8,7 @@ from typing import Any
 
 from training.cli.common import Progress, add_model_argument, store, task_progress
 from training.errors import DriftloopError
+from training.redact import redact_url
 from training.settings import Settings
 
 __all__ = ["add_parsers", "print_summary", "summary"]
@@ -22,13 +23,15 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     url = store(settings)
     if args.action == "url":
+        # The whole URL, password included: this is the command's output for scripts
+        # (DRIFTLOOP_DATABASE_URL=$(driftloop db url)); every other line driftloop prints hides it.
         print(url)
     else:
         from training.store import applied_migrations, connect
 
         with connect(url) as conn:
             versions = applied_migrations(conn)
-        print(f"PostgreSQL ready at {url} (migrations applied: {versions})")
+        print(f"PostgreSQL ready at {redact_url(url)} (migrations applied: {versions})")
     return 0
 
 
@@ -182,7 +185,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         with connect(url) as conn, conn.cursor() as cur:
             for statement in _FORGET_MODEL:
                 cur.execute(statement, {"m": spec.name})
-    step(f"PostgreSQL ready ({url})")
+    step(f"PostgreSQL ready ({redact_url(url)})")
 
     initial = generate(args.initial_rows, seed=args.seed)
     champion = bootstrap_champion(settings, initial, spec=spec)
@@ -297,7 +300,15 @@ def add_parsers(sub: Any) -> None:
     demo.add_argument("--seed", type=int, default=1)
     demo.set_defaults(func=cmd_demo)
 
-    db = sub.add_parser("db", help="the feedback store (embedded PostgreSQL unless configured)")
+    db = sub.add_parser(
+        "db",
+        help="the feedback store (embedded PostgreSQL unless configured)",
+        description="start: start the store (the embedded server unless DRIFTLOOP_DATABASE_URL "
+        "is set) and apply migrations; stop: stop the embedded server; url: print the store's "
+        "URL for scripts, e.g. DRIFTLOOP_DATABASE_URL=$(driftloop db url). `url` prints the "
+        "password in full (any other output shows it as ***): keep it out of logs and shared "
+        "terminals.",
+    )
     db.add_argument("action", choices=["start", "stop", "url"])
     db.set_defaults(func=cmd_db)
 
