@@ -25,6 +25,7 @@ from training.bento import PROJECT_ROOT
 from training.errors import DriftloopError
 from training.models import dag_id, model_entries
 from training.postgres import database_url
+from training.private_files import open_private, private_dirs, private_home, tighten
 from training.settings import Settings
 
 __all__ = [
@@ -39,6 +40,14 @@ __all__ = [
 ]
 
 LOCAL_ENV = PROJECT_ROOT / "airflow" / "local.env"
+# Airflow's processes create files readable by their owner only: the admin password file, logs
+# (the api-server's prints the password), task logs with every window's data in their lines.
+AIRFLOW_UMASK = 0o077
+# Airflow chmods the folders and files of task logs to these itself (its defaults: 0o775, 0o664).
+_LOG_PERMISSIONS = {
+    "AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FOLDER_PERMISSIONS": "0o700",
+    "AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FILE_PERMISSIONS": "0o600",
+}
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
@@ -61,8 +70,8 @@ def _jwt_secret(home: Path) -> str:
     if not path.exists() or len(path.read_text().strip()) < _JWT_SECRET_BYTES:
         # A short secret from an older launcher is replaced: tokens are short-lived and every
         # component gets the new one on its next start.
-        path.write_text(secrets.token_urlsafe(_JWT_SECRET_BYTES))
-        path.chmod(0o600)
+        with open_private(path) as out:
+            out.write(secrets.token_urlsafe(_JWT_SECRET_BYTES))
     return path.read_text().strip()
 
 
@@ -86,14 +95,20 @@ class AirflowSetup:
 
 
 def airflow_env(settings: Settings, *, port: int = 8080) -> AirflowSetup:
-    """The environment for every Airflow process of this project (metadata DB on PostgreSQL)."""
-    home = settings.airflow_home
-    home.mkdir(parents=True, exist_ok=True)
+    """The environment for every Airflow process of this project (metadata DB on PostgreSQL).
+
+    Airflow's home is made private (mode 0700, under the private data dir), with whatever an
+    earlier run left in it readable by its owner only: the admin password file and logs included.
+    """
+    private_home(settings.home)
+    home = private_dirs(settings.airflow_home)
+    home.chmod(0o700)
+    tighten(home)
     # database_url() returns the configured URL as it is when one is set, else the embedded
     # server's `airflow` database.
     metadata = settings.airflow_database_url or database_url(settings, "airflow")
     env = dict(os.environ)
-    for key, value in _read_env_file(LOCAL_ENV).items():
+    for key, value in (_read_env_file(LOCAL_ENV) | _LOG_PERMISSIONS).items():
         env.setdefault(key, value)
     env.update(
         {
@@ -119,7 +134,9 @@ def airflow_env(settings: Settings, *, port: int = 8080) -> AirflowSetup:
 
 def _airflow(setup: AirflowSetup, *args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "airflow", *args]
-    return subprocess.run(command, env=setup.env, capture_output=True, text=True, check=False)
+    return subprocess.run(
+        command, env=setup.env, capture_output=True, text=True, check=False, umask=AIRFLOW_UMASK
+    )
 
 
 _TASK_EVENT = re.compile(r"\[DAG TEST\] (starting|end task) task_id=(\S+)")
@@ -156,9 +173,14 @@ def dags_test(
     dag = dag_id(model)
     command = [sys.executable, "-m", "airflow", "dags", "test", dag, "--conf", json.dumps(conf)]
     with (
-        log.open("w") as out,
+        open_private(log) as out,
         subprocess.Popen(
-            command, env=setup.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command,
+            env=setup.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            umask=AIRFLOW_UMASK,
         ) as process,
     ):
         assert process.stdout is not None
@@ -205,6 +227,7 @@ def dag_test(setup: AirflowSetup, conf: dict[str, object], model: str = "churn")
         capture_output=True,
         text=True,
         check=False,
+        umask=AIRFLOW_UMASK,
     )
     log = result.stdout + result.stderr
     for line in result.stdout.splitlines():
@@ -297,21 +320,22 @@ def run_ui(
     Returns the exit code: 0 after a clean stop, 1 when a component died or never came up.
     """
     migrate(setup)
-    logs = setup.home / "logs"
-    logs.mkdir(exist_ok=True)
+    logs = private_dirs(setup.home / "logs")
     processes: dict[str, subprocess.Popen[bytes]] = {}
     # SIGTERM (a supervisor, `kill`, a test) must stop the components like Ctrl-C does; Python's
     # default would end the launcher at once and orphan them in their own sessions.
     previous = signal.signal(signal.SIGTERM, _raise_stop)
 
     def start(component: str, *args: str) -> None:
-        with (logs / f"{component}.log").open("ab") as out:
+        # The api-server's log holds the generated admin password.
+        with open_private(logs / f"{component}.log", "ab") as out:
             processes[component] = subprocess.Popen(
                 [sys.executable, "-m", "airflow", component, *args],
                 env=setup.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                umask=AIRFLOW_UMASK,
             )
 
     def all_alive() -> bool:
@@ -325,6 +349,9 @@ def run_ui(
             dead = [name for name, p in processes.items() if p.poll() is not None]
             echo(f"Airflow did not come up (stopped: {', '.join(dead) or 'none'}); see {logs}")
             return 1
+        # Made under AIRFLOW_UMASK already; kept 0600 should Airflow ever set its mode itself.
+        with contextlib.suppress(FileNotFoundError):
+            passwords_file(setup).chmod(0o600)
         # The scheduler starts once the API answers: its task workers report to the execution API
         # from their first second, and with the daily schedule live a run is due right away.
         # --skip-serve-logs: the workers write their logs to this machine's disk, where the

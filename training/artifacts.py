@@ -1,12 +1,16 @@
-"""The artifact store: a local folder by default, S3 (or any S3 API) for ``s3://`` roots."""
+"""The artifact store: a local folder by default, S3 (or any S3 API) for ``s3://`` roots.
+
+Artifacts hold every window's features and labels: a local store's folders are made 0700 and its
+files 0600, readable by their owner only (S3 keeps its own access control).
+"""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from training.private_files import copy_private, private_dirs, private_home
 from training.settings import Settings
 
 __all__ = ["ArtifactStore", "LocalStore", "S3Store", "open_store"]
@@ -31,18 +35,17 @@ class LocalStore:
 
     def put(self, local: Path, key: str) -> str:
         target = self._root / key
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(target.parent)
         if local.resolve() != target.resolve():
-            shutil.copyfile(local, target)
+            copy_private(local, target)
         return str(target)
 
     def fetch(self, uri: str, local: Path) -> Path:
         source = Path(uri)
         if not source.exists():
             raise FileNotFoundError(f"artifact {uri} does not exist")
-        local.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, local)
-        return local
+        private_dirs(local.parent)
+        return copy_private(source, local)
 
 
 class S3Store:
@@ -77,4 +80,6 @@ def open_store(settings: Settings) -> ArtifactStore:
     root = settings.artifacts_root
     if root.startswith("s3://"):
         return S3Store(root, endpoint_url=settings.s3_endpoint_url)
+    if settings.artifacts_uri is None:
+        private_home(settings.home)  # the default store is a folder of the data dir
     return LocalStore(Path(root))

