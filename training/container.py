@@ -826,11 +826,13 @@ def smoke_test(
                 "host",
                 "--env",
                 f"PORT={port}",
+                # The name only: the engine copies the value from its own environment, so the
+                # URL (and its password) never shows in the process list.
                 "--env",
-                f"DRIFTLOOP_DATABASE_URL={url}",
+                "DRIFTLOOP_DATABASE_URL",
                 image,
             ],
-            env,
+            {**env, "DRIFTLOOP_DATABASE_URL": url},
             timeout=120,
         )
         if run.returncode != 0:
