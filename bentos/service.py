@@ -316,6 +316,15 @@ class ChurnService:
         gc.collect()
         gc.freeze()
 
+    @bentoml.on_deployment
+    def _private_process_manager() -> None:
+        """Keep circusd's control endpoints off 127.0.0.1 TCP ports (where any local user could
+        read the workers' environment and start commands) in every ``bentoml serve`` of this
+        service, the image's included: Unix sockets in a folder only the server's user enters."""
+        from training.process_manager import private_control_sockets
+
+        private_control_sockets()
+
     @bentoml.on_shutdown
     def close(self) -> None:
         """Write the spool to PostgreSQL (SIGTERM loses nothing), then close the store."""

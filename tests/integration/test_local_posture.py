@@ -211,13 +211,21 @@ def listeners(tree: list[psutil.Process]) -> set[Listener]:
 
 
 @contextmanager
-def driftloop_serve(home: Path, log: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """``driftloop serve`` (the champion of the environment's store) on a free port, in a session
-    of its own; yields the port once ``/readyz`` answers, and stops its whole process tree after."""
+def driftloop_serve(
+    home: Path, log: Path, bento_tag: str | None = None
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """``driftloop serve`` (the champion of the environment's store), or a plain ``bentoml serve``
+    of ``bento_tag`` (as the image runs it), on a free port, in a session of its own; yields the
+    port once ``/readyz`` answers, and stops its whole process tree after."""
     port = _free_port()
+    if bento_tag is None:
+        command = [sys.executable, "-m", "training.cli", "serve", "--port", str(port)]
+    else:
+        command = [sys.executable, "-m", "bentoml", "serve", bento_tag, "--port", str(port)]
+        command += ["--host", "127.0.0.1"]
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "training.cli", "serve", "--port", str(port)],
+            command,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -248,8 +256,9 @@ def driftloop_serve(home: Path, log: Path) -> Iterator[tuple[int, subprocess.Pop
         process.wait(timeout=STOP_TIMEOUT_S)
 
 
+@pytest.mark.parametrize("plain_bentoml_serve", [False, True], ids=["driftloop", "bentoml"])
 def test_no_other_user_reaches_the_served_bentos_process_manager(
-    server_url: str, session_root: Path
+    server_url: str, session_root: Path, plain_bentoml_serve: bool
 ) -> None:
     """``driftloop serve`` listens on its HTTP port and on nothing else another user can reach:
     circusd's control and pubsub endpoints are Unix sockets in a folder only the server's user can
@@ -258,8 +267,10 @@ def test_no_other_user_reaches_the_served_bentos_process_manager(
     home = session_root / f"posture-serve-{uuid.uuid4().hex[:8]}"
     home.mkdir()
     with (
-        champion_environment(server_url, home),
-        driftloop_serve(home, home / "serve.log") as (port, process),
+        champion_environment(server_url, home) as champion,
+        driftloop_serve(
+            home, home / "serve.log", champion.bento_tag if plain_bentoml_serve else None
+        ) as (port, process),
     ):
         found = listeners(server_processes(process))
         http = Listener(("127.0.0.1", port))
