@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
@@ -33,11 +35,19 @@ from bentos.contract import AUTH_ERRORS, HEADERS, RATE_HEADERS
 from bentos.hotpath import ASGIApp, Message, Receive, Refusal, Scope, Send, _log_refusal
 
 if TYPE_CHECKING:
-    from training.keys import ApiKey, Decision, KeyRing, RateLimiter
+    from training.keys import Allowance, ApiKey, Decision, KeyRing, RateLimiter
     from training.keys import Scope as KeyScope
     from training.settings import Settings
 
-__all__ = ["Access", "current_key_id", "route_scope", "secure_document"]
+__all__ = [
+    "Access",
+    "Admission",
+    "Gate",
+    "client_address",
+    "current_key_id",
+    "route_scope",
+    "secure_document",
+]
 
 log = logging.getLogger("driftloop.serve")
 
@@ -87,6 +97,13 @@ def secure_document(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+def client_address(scope: Scope) -> str:
+    """The client's address as uvicorn saw it (behind a proxy, what its forwarded-headers
+    settings make of ``X-Forwarded-For``)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
 def credential(scope: Scope) -> str | None:
     """The key sent as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
     for name, value in scope["headers"]:
@@ -99,17 +116,154 @@ def credential(scope: Scope) -> str | None:
     return None
 
 
-class Access:
-    """The ASGI layer: passes everything through when auth is off."""
+@dataclass(frozen=True)
+class Admission:
+    """A request let in: the key's id and the ``X-RateLimit-*`` headers to answer with."""
 
-    def __init__(self, app: ASGIApp, settings: Settings | None = None) -> None:
+    key_id: str
+    headers: dict[str, str]
+
+
+class Gate:
+    """Who may use what, whatever the transport: API keys, their scopes and rate limits.
+
+    HTTP (:class:`Access`) and any other way into the service ask :meth:`admit` with the credential
+    sent, the scope the call needs and the client's address, and answer its :class:`Refusal` in
+    their own terms. The key ring, the buckets and the counted uses are the worker's, made on the
+    first call.
+
+    Requests without a valid key are limited per client address (``auth_fail_rate``,
+    ``auth_fail_burst``): each one spends a token, and with none left the next is refused with 429
+    before its key is looked up, so guessing keys costs neither the store nor the cache. A valid
+    key never spends its address's tokens.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
         from training.settings import get_settings
 
-        self.app = app
         self.settings = settings or get_settings()
         self.on = self.settings.auth == "on"
         self._ring: KeyRing | None = None
         self._limiter: RateLimiter | None = None
+        self._strikes: RateLimiter | None = None
+        self._lock = threading.Lock()
+
+    async def admit(self, sent: str | None, needed: KeyScope, client: str) -> Admission:
+        """Let a call needing ``needed`` in with key ``sent`` (None: none sent) from ``client``.
+
+        Raises:
+            Refusal: 401 (no valid key), 403 (wrong scope, once counted against the key's rate),
+                429 (the key's rate, or its address's failed attempts), 503 (store unavailable).
+        """
+        decision = await self._authenticate(sent, needed, client)
+        assert decision.key is not None
+        return Admission(decision.key.id, self._limit(decision))
+
+    def close(self) -> None:
+        """Write the uses still counted (the worker is stopping)."""
+        if self._ring is not None:
+            self._ring.close()
+
+    async def _authenticate(self, sent: str | None, needed: KeyScope, client: str) -> Decision:
+        """A Decision with its key (200 or 403; a 403 is answered once the key's rate is counted),
+        else Refusal 401, 429 or 503."""
+        from training.keys import authorize, parse_token
+
+        ring = await self._keys()
+        strikes = self._strikes
+        assert strikes is not None
+        parsed = parse_token(sent) if sent else None
+        hit, key = ring.cached(parsed[0]) if parsed is not None else (False, None)
+        if key is None:
+            # Not (yet) a known key: allowed only while the address has failures to spare.
+            self._refuse_if_over(strikes.take(client, spend=False), "from this address")
+        if parsed is not None and not hit:
+            try:
+                # A miss queries the store: in a thread, never on the event loop.
+                key = await anyio.to_thread.run_sync(ring.find, parsed[0])
+            except (psycopg2.Error, OSError) as exc:
+                log.warning(
+                    "API keys unavailable: %s",
+                    (str(exc).strip().splitlines() or [type(exc).__name__])[0],
+                )
+                raise Refusal(
+                    503,
+                    {"error": "API keys cannot be checked now (the store is unavailable)"},
+                    {"Retry-After": "5"},
+                ) from None
+        decision = authorize(sent, needed, lambda key_id: key)
+        if decision.status == 401:
+            strikes.take(client)
+            raise Refusal(401, {"error": decision.error}, {"WWW-Authenticate": "Bearer"})
+        assert decision.key is not None
+        ring.used(decision.key.id)
+        return decision
+
+    @staticmethod
+    def _refuse_if_over(allowance: Allowance, whose: str) -> dict[str, str]:
+        headers = {
+            "X-RateLimit-Limit": str(allowance.limit),
+            "X-RateLimit-Remaining": str(allowance.remaining),
+            "X-RateLimit-Reset": str(allowance.reset_s),
+        }
+        if not allowance.allowed:
+            what = (
+                "rate limit of this API key exceeded"
+                if whose == "key"
+                else "too many requests without a valid API key from this address"
+            )
+            raise Refusal(
+                429,
+                {"error": f"{what}; retry after {allowance.retry_after_s} s"},
+                {**headers, "Retry-After": str(allowance.retry_after_s)},
+            )
+        return headers
+
+    def _limit(self, decision: Decision) -> dict[str, str]:
+        """Spend one request of the key's bucket; the headers to send (Refusal 429, then 403: a
+        key is limited on every route it tries)."""
+        assert self._limiter is not None
+        assert decision.key is not None
+        key: ApiKey = decision.key
+        headers = self._refuse_if_over(self._limiter.take(key.id, key.rate_per_s), "key")
+        if not decision.allowed:
+            raise Refusal(403, {"error": decision.error}, headers)
+        return headers
+
+    async def _keys(self) -> KeyRing:
+        if self._ring is None:
+            return await anyio.to_thread.run_sync(self._start)
+        return self._ring
+
+    def _start(self) -> KeyRing:
+        """The worker's key ring and rate limiters, made on the first request."""
+        from training.keys import KeyRing, RateLimiter, StoreKeys
+        from training.postgres import database_url
+
+        with self._lock:
+            if self._ring is not None:
+                return self._ring
+            settings = self.settings
+            store = StoreKeys(
+                database_url(settings),
+                connect_timeout_s=settings.db_connect_timeout_s,
+                statement_timeout_ms=settings.db_statement_timeout_ms,
+            )
+            ring = KeyRing(store.load, store.write_uses, ttl_s=settings.auth_cache_s)
+            ring.start()
+            self._limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+            self._strikes = RateLimiter(settings.auth_fail_rate, settings.auth_fail_burst)
+            self._ring = ring
+            return ring
+
+
+class Access:
+    """The ASGI layer: passes everything through when auth is off."""
+
+    def __init__(self, app: ASGIApp, settings: Settings | None = None) -> None:
+        self.app = app
+        self.gate = Gate(settings)
+        self.on = self.gate.on
         self._secured: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -127,79 +281,18 @@ class Access:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers: dict[str, str] = {}
         try:
-            decision = await self._authenticate(scope, needed)
-            headers = self._limit(decision)
+            admission = await self.gate.admit(credential(scope), needed, client_address(scope))
         except Refusal as refusal:
-            refusal.headers = {**headers, **refusal.headers}
             # Starlette types send's message as a MutableMapping; the hot path's as a dict.
             await refusal.response()(scope, receive, send)  # type: ignore[arg-type]
             _log_refusal(scope, refusal.status, started, refusal.body)
             return
-        assert decision.key is not None
-        token = _key_id.set(decision.key.id)
+        token = _key_id.set(admission.key_id)
         try:
-            await self.app(scope, receive, _with_headers(send, headers))
+            await self.app(scope, receive, _with_headers(send, admission.headers))
         finally:
             _key_id.reset(token)
-
-    async def _authenticate(self, scope: Scope, needed: KeyScope) -> Decision:
-        """Whether a request may use a route needing ``needed``: a Decision with its key (200 or
-        403; a 403 is answered once the key's rate is counted), else Refusal 401 or 503."""
-        from training.keys import authorize, parse_token
-
-        ring = await self._keys()
-        sent = credential(scope)
-        parsed = parse_token(sent) if sent else None
-        key: ApiKey | None = None
-        if parsed is not None:
-            hit, key = ring.cached(parsed[0])
-            if not hit:
-                try:
-                    # A miss queries the store: in a thread, never on the event loop.
-                    key = await anyio.to_thread.run_sync(ring.find, parsed[0])
-                except (psycopg2.Error, OSError) as exc:
-                    log.warning(
-                        "API keys unavailable: %s",
-                        (str(exc).strip().splitlines() or [type(exc).__name__])[0],
-                    )
-                    raise Refusal(
-                        503,
-                        {"error": "API keys cannot be checked now (the store is unavailable)"},
-                        {"Retry-After": "5"},
-                    ) from None
-        decision = authorize(sent, needed, lambda key_id: key)
-        if decision.status == 401:
-            raise Refusal(401, {"error": decision.error}, {"WWW-Authenticate": "Bearer"})
-        assert decision.key is not None
-        ring.used(decision.key.id)
-        return decision
-
-    def _limit(self, decision: Decision) -> dict[str, str]:
-        """Spend one request of the key's bucket; the headers to send (Refusal 429, then 403: a
-        key is limited on every route it tries)."""
-        assert self._limiter is not None
-        assert decision.key is not None
-        key: ApiKey = decision.key
-        allowance = self._limiter.take(key.id, key.rate_per_s)
-        headers = {
-            "X-RateLimit-Limit": str(allowance.limit),
-            "X-RateLimit-Remaining": str(allowance.remaining),
-            "X-RateLimit-Reset": str(allowance.reset_s),
-        }
-        if not allowance.allowed:
-            raise Refusal(
-                429,
-                {
-                    "error": f"rate limit of this API key exceeded; retry after "
-                    f"{allowance.retry_after_s} s"
-                },
-                {**headers, "Retry-After": str(allowance.retry_after_s)},
-            )
-        if not decision.allowed:
-            raise Refusal(403, {"error": decision.error}, headers)
-        return headers
 
     async def _document(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The hot path's document with :func:`secure_document` applied (made once per worker)."""
@@ -233,36 +326,13 @@ class Access:
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _keys(self) -> KeyRing:
-        if self._ring is None:
-            self._ring = await anyio.to_thread.run_sync(self._start)
-        return self._ring
-
-    def _start(self) -> KeyRing:
-        """The worker's key ring and rate limiter, made on the first request."""
-        from training.keys import KeyRing, RateLimiter, StoreKeys
-        from training.postgres import database_url
-
-        if self._ring is not None:
-            return self._ring
-        settings = self.settings
-        store = StoreKeys(
-            database_url(settings),
-            connect_timeout_s=settings.db_connect_timeout_s,
-            statement_timeout_ms=settings.db_statement_timeout_ms,
-        )
-        ring = KeyRing(store.load, store.write_uses, ttl_s=settings.auth_cache_s)
-        ring.start()
-        self._limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
-        return ring
-
     def _on_shutdown(self, receive: Receive) -> Receive:
         """Write the uses still counted when the worker stops."""
 
         async def wrapped() -> Message:
             message = await receive()
-            if message["type"] == "lifespan.shutdown" and self._ring is not None:
-                await anyio.to_thread.run_sync(self._ring.close)
+            if message["type"] == "lifespan.shutdown":
+                await anyio.to_thread.run_sync(self.gate.close)
             return message
 
         return wrapped

@@ -332,6 +332,8 @@ class KeyRing:
 class _Bucket:
     tokens: float
     at: float
+    rate: float
+    burst: int
 
 
 @dataclass(frozen=True)
@@ -359,24 +361,43 @@ class RateLimiter:
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
 
-    def take(self, key_id: str, rate_per_s: float | None = None) -> Allowance:
-        """Spend one request of ``key_id``'s bucket (its own rate, or the default)."""
+    # Buckets are made for client input (key ids, client addresses): past this many, the full
+    # ones (which a new bucket would equal) are forgotten.
+    MAX_BUCKETS = 10_000
+
+    def take(self, key_id: str, rate_per_s: float | None = None, spend: bool = True) -> Allowance:
+        """Spend one request of ``key_id``'s bucket (its own rate, or the default); with
+        ``spend=False`` only say whether one would be allowed."""
         rate = rate_per_s or self.rate_per_s
         # A key's own rate allows a burst of one second's worth (at least one request).
         burst = max(1, math.ceil(rate)) if rate_per_s else self.burst
         now = self._clock()
         bucket = self._buckets.get(key_id)
         if bucket is None:
-            bucket = self._buckets[key_id] = _Bucket(float(burst), now)
+            if len(self._buckets) >= self.MAX_BUCKETS:
+                self._forget_full(now)
+            bucket = self._buckets[key_id] = _Bucket(float(burst), now, rate, burst)
         bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.at) * rate)
-        bucket.at = now
+        bucket.at, bucket.rate, bucket.burst = now, rate, burst
         allowed = bucket.tokens >= 1.0
-        if allowed:
+        if allowed and spend:
             bucket.tokens -= 1.0
         # Seconds until the bucket is full again, and until one request is allowed.
         reset = math.ceil((burst - bucket.tokens) / rate)
         retry = 0 if allowed else max(1, math.ceil((1.0 - bucket.tokens) / rate))
         return Allowance(allowed, burst, int(bucket.tokens), reset, retry)
+
+    def _forget_full(self, now: float) -> None:
+        full = [
+            name
+            for name, bucket in self._buckets.items()
+            if bucket.tokens + (now - bucket.at) * bucket.rate >= bucket.burst
+        ]
+        for name in full:
+            del self._buckets[name]
+        if len(self._buckets) >= self.MAX_BUCKETS:
+            # Every bucket is in use (a flood of distinct ids): start over rather than grow.
+            self._buckets.clear()
 
 
 class StoreKeys:

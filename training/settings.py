@@ -49,6 +49,9 @@ class Settings(BaseSettings):
         auth_cache_s: how long each worker caches a key; a revoked key is refused within this.
         rate_limit: requests per second a key may send to each worker, unless it has its own rate.
         rate_burst: requests a key may send at once (the bucket's size) at the default rate.
+        auth_fail_rate: requests per second each client address may send without a valid key
+            (missing, unknown, wrong or revoked) to each worker; past it, 429 before any lookup.
+        auth_fail_burst: such requests an address may send at once.
     """
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", extra="ignore")
@@ -78,6 +81,8 @@ class Settings(BaseSettings):
     auth_cache_s: float = Field(10.0, ge=0, le=3600)
     rate_limit: float = Field(50.0, gt=0)
     rate_burst: int = Field(100, ge=1)
+    auth_fail_rate: float = Field(1.0, gt=0)
+    auth_fail_burst: int = Field(20, ge=1)
 
     @field_validator("home", "models")
     @classmethod

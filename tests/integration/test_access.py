@@ -180,3 +180,26 @@ def test_feedback_records_the_key_and_a_correction_keeps_its_predecessor(
         "SELECT label, raw_label, key_id, replaced_by FROM feedback_history WHERE request_id = %s",
         (request_id,),
     ) == [(1, "1", ids["both"], ids["admin"])]
+
+
+def test_guessing_keys_from_one_address_gets_429_and_others_go_on(secured: Secured) -> None:
+    """Requests without a valid key spend their address's allowance (20 at once by default);
+    past it the answer is 429, while a valid key from another address is served. The guesser
+    sends from 127.0.0.2 (Linux routes all of 127/8 to loopback)."""
+    guesser = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30)
+    with guesser:
+        answers = [
+            guesser.post(
+                f"{secured.url}/predict",
+                json=EXAMPLE,
+                headers={"authorization": f"Bearer dl_{n:012x}_{'x' * 43}"},
+            )
+            for n in range(25)
+        ]
+    statuses = [a.status_code for a in answers]
+    assert statuses[:20] == [401] * 20, statuses
+    assert statuses[20:] == [429] * 5, statuses
+    limited = answers[-1]
+    assert "without a valid API key from this address" in limited.json()["error"]
+    assert int(limited.headers["retry-after"]) >= 1
+    assert secured.post("/predict", EXAMPLE, key="both").status_code == 200

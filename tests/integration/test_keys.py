@@ -101,3 +101,51 @@ def test_cli_create_list_revoke(env: Path) -> None:
     missing = _driftloop("revoke", "nobody")
     assert missing.returncode == 1
     assert "no API key" in missing.stderr
+
+
+def _bogus_token(n: int) -> str:
+    return f"dl_{n:012x}_{'x' * 43}"
+
+
+def test_the_gate_limits_failed_attempts_per_address_before_any_lookup(
+    store_url: str, tmp_path: Path
+) -> None:
+    """:class:`bentos.access.Gate` on the real store: past its address's failures, a guessed key
+    is refused with 429 and never looked up; a valid key from another address goes on."""
+    import asyncio
+
+    from bentos.access import Gate
+    from bentos.hotpath import Refusal
+    from training.settings import Settings
+
+    with connect(store_url) as conn:
+        _, token = create_key(conn, "app", ["predict"])
+    gate = Gate(
+        Settings(
+            home=tmp_path, database_url=store_url, auth="on", auth_fail_rate=0.5, auth_fail_burst=3
+        )
+    )
+    ring = gate._start()
+    lookups: list[str] = []
+    load = ring._load
+    ring._load = lambda key_id: lookups.append(key_id) or load(key_id)  # type: ignore[method-assign]
+
+    async def attempt(sent: str | None, client: str) -> int:
+        try:
+            await gate.admit(sent, "predict", client)
+        except Refusal as refusal:
+            return refusal.status
+        return 200
+
+    async def run() -> list[int]:
+        return [await attempt(_bogus_token(n), "10.0.0.1") for n in range(6)]
+
+    try:
+        statuses = asyncio.run(run())
+        assert statuses == [401, 401, 401, 429, 429, 429]
+        assert len(lookups) == 3  # the refused ones cost no query
+        assert asyncio.run(attempt(None, "10.0.0.1")) == 429  # no key at all: same bucket
+        assert asyncio.run(attempt(token, "10.0.0.2")) == 200
+        assert asyncio.run(attempt(_bogus_token(99), "10.0.0.2")) == 401
+    finally:
+        gate.close()

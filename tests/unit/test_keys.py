@@ -144,3 +144,23 @@ def test_a_keys_own_rate_bursts_one_seconds_worth() -> None:
     answers = [limiter.take("k", rate_per_s=2) for _ in range(3)]
     assert [a.allowed for a in answers] == [True, True, False]
     assert answers[0].limit == 2
+
+
+def test_asking_without_spending_leaves_the_bucket_as_it_was() -> None:
+    limiter = RateLimiter(rate_per_s=1, burst=2, clock=Clock())
+    assert limiter.take("addr", spend=False).remaining == 2
+    assert limiter.take("addr").allowed
+    assert limiter.take("addr").allowed
+    assert not limiter.take("addr", spend=False).allowed
+
+
+def test_buckets_for_client_input_stay_bounded_and_keep_the_spent_ones() -> None:
+    clock = Clock()
+    limiter = RateLimiter(rate_per_s=1, burst=2, clock=clock)
+    limiter.MAX_BUCKETS = 100
+    limiter.take("spent")
+    limiter.take("spent")
+    for n in range(200):  # full buckets: forgotten when room is needed
+        limiter.take(f"id-{n}", spend=False)
+    assert len(limiter._buckets) <= 100
+    assert not limiter.take("spent").allowed  # its empty bucket was kept
