@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg2
 from starlette.responses import JSONResponse
 
+from bentos.metrics import series
 from bentos.schemas import FeedbackItemReceipt, FeedbackRequest, label_spelling
 
 if TYPE_CHECKING:
@@ -143,4 +144,7 @@ class FeedbackDesk:
             again = self._store(write([items[i] for i in missing]))
             for index, receipt in zip(missing, again, strict=True):
                 receipts[index] = receipt
+        counted = series().feedback
+        for receipt in receipts:
+            counted.labels(receipt.status).inc()
         return receipts

@@ -13,7 +13,6 @@ unrecorded.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -22,11 +21,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from bentos.metrics import observe_many, series
 from training.store import PredictionRecord, encode_prediction
 
 if TYPE_CHECKING:
-    from prometheus_client import Counter, Gauge
-
     from bentos.prediction_log import PredictionLog
     from training.scoring import FastScorer
 
@@ -50,56 +48,6 @@ class Batching:
     max_latency_ms: int
 
 
-@dataclass(frozen=True)
-class _Metrics:
-    batches: Counter
-    batched_records: Counter
-    predictions: Counter
-    spool_records: Gauge
-    spool_bytes: Gauge
-    lag: Gauge
-    store_ok: Gauge
-
-
-@functools.cache
-def _metrics() -> _Metrics:
-    # Made on first use, inside the worker: BentoML points prometheus_client at its multiprocess
-    # folder after the service module is imported, and a metric made before that is never exported.
-    from prometheus_client import Counter, Gauge
-
-    return _Metrics(
-        batches=Counter(
-            "driftloop_batches", "Batches of single-record predictions scored together"
-        ),
-        batched_records=Counter(
-            "driftloop_batched_records", "Single-record predictions scored in those batches"
-        ),
-        predictions=Counter(
-            "driftloop_predictions",
-            "Predictions served (and recorded), by model version and endpoint",
-            ["model_version", "endpoint"],
-        ),
-        spool_records=Gauge(
-            "driftloop_spool_records",
-            "Predictions in the workers' spools, not yet in PostgreSQL",
-            multiprocess_mode="livesum",
-        ),
-        spool_bytes=Gauge(
-            "driftloop_spool_bytes", "Bytes in the workers' spools", multiprocess_mode="livesum"
-        ),
-        lag=Gauge(
-            "driftloop_log_lag_seconds",
-            "Age of the oldest prediction not yet in PostgreSQL",
-            multiprocess_mode="livemax",
-        ),
-        store_ok=Gauge(
-            "driftloop_log_store_ok",
-            "1 when every worker's last write to PostgreSQL succeeded",
-            multiprocess_mode="livemin",
-        ),
-    )
-
-
 class Predictor:
     """Scores records with the model's fast scorer and records each prediction before answering."""
 
@@ -121,11 +69,19 @@ class Predictor:
         self.model_version = model_version
         self.log = prediction_log
         self.batching = batching
-        self._metrics = _metrics()
+        self._metrics = series()
+        # Children bound once: a labels() lookup per batch is a dict and a lock more.
         self._served = {
-            endpoint: self._metrics.predictions.labels(model_version, endpoint)
+            (endpoint, label): self._metrics.predictions.labels(model_version, endpoint, label)
+            for endpoint in ("predict", "predict_batch")
+            for label in ("0", "1")
+        }
+        self._scores = self._metrics.scores.labels(model_version)
+        self._batch_size = {
+            endpoint: self._metrics.batch_size.labels(endpoint)
             for endpoint in ("predict", "predict_batch")
         }
+        self._metrics.served_model.labels(model_name, model_version).set(1)
         dispatcher: CorkDispatcher[list[Record], _Answers] = CorkDispatcher(
             max_latency_in_ms=batching.max_latency_ms,
             max_batch_size=batching.max_batch_size,
@@ -183,7 +139,13 @@ class Predictor:
             )
         if self.log is not None:
             self.log.append(b"".join(lines), len(lines))
-        self._served[endpoint].inc(len(answers))
+        positives = int((scores >= self.threshold).sum())
+        if positives:
+            self._served[endpoint, "1"].inc(positives)
+        if positives < len(answers):
+            self._served[endpoint, "0"].inc(len(answers) - positives)
+        observe_many(self._scores, scores)
+        self._batch_size[endpoint].observe(len(answers))
         return answers
 
     async def _score_batches(self, batches: Sequence[list[Record]]) -> list[_Answers]:

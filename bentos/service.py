@@ -68,6 +68,7 @@ class ChurnService:
         import joblib
 
         from bentos import hotpath
+        from bentos.loop_metrics import LoopMetrics
         from bentos.predictor import Batching, Predictor
         from training.postgres import ensure_database
         from training.registry import MODEL_FILE
@@ -121,6 +122,9 @@ class ChurnService:
             ),
         )
         hotpath.bind(self.predictor, settings.batch_max_records)
+        self.loop_metrics = LoopMetrics(
+            self.database_url, settings, self.spec.name, self.spec.drift.share_threshold
+        )
         # Everything loaded so far (BentoML, pandas, the model) lives as long as the worker: moved
         # out of the collector's sight, full collections stop scanning it on the request path.
         gc.collect()
@@ -153,6 +157,11 @@ class ChurnService:
     def __is_ready__(self) -> bool:
         """Ready while predictions can be recorded (to PostgreSQL, or to a spool with room)."""
         return self.predictor.ready()
+
+    def __metrics__(self, content: str) -> str:
+        """``/metrics`` as BentoML made it, and the retrain loop's state from the store after it
+        (BentoML runs this in a thread: the store is read there, at most every few seconds)."""
+        return content + self.loop_metrics.text()
 
     @bentoml.api(route="/predict", input_spec=Request, output_spec=Prediction)
     async def predict(self, **features: Any) -> Prediction | JSONResponse:
@@ -249,16 +258,39 @@ class _ServedWithHotPath(bentoml.Service):  # type: ignore[misc]
     ``bentoml serve`` builds each worker's ASGI app with ``Service.to_asgi``; BentoML offers no hook
     in front of its own middlewares (``add_asgi_middleware`` adds one behind them), and its Service
     is a slotted attrs class whose methods cannot be replaced on the instance, so the service object
-    becomes an instance of this subclass: same slots, same state, one method wrapped.
+    becomes an instance of this subclass: same slots, same state, its ASGI app wrapped. Its two
+    documents are the contract's too (:mod:`bentos.contract`), wherever BentoML publishes them.
     """
 
     __slots__ = ()
 
+    @property
+    def openapi_spec(self) -> Any:
+        """The document ``/docs.json`` serves (:func:`bentos.contract.served_document`): what
+        ``bentoml build`` writes to the Bento's ``apis/openapi.yaml``, instead of BentoML's own."""
+        from bentos.contract import served_document
+
+        return served_document(self)
+
+    def schema(self) -> dict[str, Any]:
+        """``/schema.json`` and the Bento's ``apis/schema.json`` (read by BentoML's own clients),
+        with the document's request and response schemas (:func:`bentos.contract.service_schema`)."""
+        from bentos.contract import service_schema
+
+        return service_schema(self, super().schema())
+
     def to_asgi(self, is_main: bool = True) -> Any:
         from bentos.access import Access
         from bentos.hotpath import HotPath
+        from bentos.metrics import RequestMetrics
+        from training.settings import get_settings
 
-        return Access(HotPath(super().to_asgi(is_main), self))
+        # Outermost, so that the auth layer's refusals and the hot path's answers are counted too.
+        return RequestMetrics(
+            Access(HotPath(super().to_asgi(is_main), self)),
+            [api.route for api in self.apis.values()],
+            auth_on=get_settings().auth == "on",
+        )
 
 
 ChurnService.__class__ = _ServedWithHotPath  # type: ignore[method-assign]
