@@ -26,7 +26,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -730,48 +729,10 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _tcp_bridge(socket_path: str) -> Iterator[int]:
-    """A TCP port on 127.0.0.1 forwarding to a Unix socket: the embedded PostgreSQL listens on a
-    socket in a folder only its own user may open, which a container's non-root user cannot reach."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    port: int = listener.getsockname()[1]
-    stop = threading.Event()
-
-    def pump(source: socket.socket, target: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                target.sendall(data)
-        with contextlib.suppress(OSError):
-            target.shutdown(socket.SHUT_WR)
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.socket(socket.AF_UNIX)
-            try:
-                upstream.connect(socket_path)
-            except OSError:
-                client.close()
-                continue
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=pump, args=(a, b), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield port
-    finally:
-        stop.set()
-        listener.close()
-
-
-@contextlib.contextmanager
 def _reachable_url(database_url: str) -> Iterator[str]:
-    """``database_url`` in a form a container on the host network can use."""
+    """``database_url`` in a form a container on the host network can use: the embedded server's
+    socket behind a password-checked TCP port (:mod:`training.pg_bridge`)."""
+    from training.pg_bridge import password_bridge
     from training.postgres import socket_dir
 
     folder = socket_dir(database_url)
@@ -780,9 +741,9 @@ def _reachable_url(database_url: str) -> Iterator[str]:
         return
     parts = urlsplit(database_url)
     socket_path = f"{folder}/.s.PGSQL.{parts.port or 5432}"
-    with _tcp_bridge(socket_path) as port:
+    with password_bridge(socket_path) as bridge:
         user = parts.username or "postgres"
-        yield f"postgresql://{user}@127.0.0.1:{port}{parts.path}"
+        yield f"postgresql://{user}:{bridge.password}@127.0.0.1:{bridge.port}{parts.path}"
 
 
 _CAUSE = re.compile(r"^[\w.]*(Error|Exception)\b.*: ")
