@@ -12,7 +12,7 @@ AIRFLOW_PORT ?= 8080
 # MODEL=<name> picks one model where the deployment has several (models/*.yaml).
 MODEL_ARG = $(if $(MODEL),--model $(MODEL))
 
-.PHONY: help setup demo serve airflow retrain status image image-tools bench-serving test lint typecheck check stop clean
+.PHONY: help setup demo serve airflow retrain status image image-tools observability-tools observability-check bench-serving test lint typecheck check stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -46,6 +46,16 @@ image-tools: ## install buildah, podman, runc and debootstrap (Debian/Ubuntu, as
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q --no-install-recommends buildah podman runc debootstrap debian-archive-keyring; \
 	else echo "buildah, podman, runc and debootstrap are installed"; fi
+
+observability-tools: ## install Prometheus and promtool (Debian/Ubuntu, as root or with sudo) for the alert-rule and scrape tests
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then echo "prometheus and promtool are installed"; else \
+	  echo "installing: prometheus"; \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q --no-install-recommends prometheus; fi
+
+observability-check: ## promtool check and unit tests of the alert rules in deploy/prometheus/
+	promtool check rules deploy/prometheus/driftloop-rules.yml
+	promtool test rules deploy/prometheus/tests/driftloop-rules.test.yml
 
 bench-serving: ## our Bento against a FastAPI peer under wrk, with a verdict per target (BENCH_ARGS=--quick|--duration N)
 	@command -v wrk >/dev/null || { \
