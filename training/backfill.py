@@ -90,10 +90,20 @@ WHERE NOT EXISTS (
     SELECT 1 FROM predictions p WHERE p.request_id = s.request_id AND p.model_name = %(model)s
 )
 """
-# A differing label is a correction (counted in revisions, received_at moves); the same label
-# only fills in a raw spelling the row lacks (labels stored before migration 0002).
+# A differing label is a correction (counted in revisions, received_at moves, key_id cleared: no
+# API key posted it) and the label it replaces is kept in feedback_history, as the service keeps
+# it; the same label only fills in a raw spelling the row lacks (labels stored before migration
+# 0002). _LOCK_FEEDBACK_STAGED first, as training.store does: the rows to replace are read by this
+# statement's snapshot, so a concurrent correction must wait.
+_LOCK_FEEDBACK_STAGED = """
+SELECT 1 FROM feedback f JOIN pg_temp.feedback_backfill s USING (request_id)
+ORDER BY f.request_id FOR UPDATE OF f
+"""
 _UPSERT_FEEDBACK = """
-WITH written AS (
+WITH previous AS (
+    SELECT f.request_id, f.label, f.raw_label, f.key_id, f.received_at
+    FROM feedback f JOIN pg_temp.feedback_backfill s USING (request_id)
+), written AS (
     INSERT INTO feedback (request_id, label, raw_label, received_at)
     SELECT s.request_id, s.label, s.raw_label, COALESCE(s.received_at, p.created_at)
     FROM pg_temp.feedback_backfill s
@@ -104,10 +114,17 @@ WITH written AS (
             THEN EXCLUDED.raw_label ELSE COALESCE(feedback.raw_label, EXCLUDED.raw_label) END,
         received_at = CASE WHEN feedback.label IS DISTINCT FROM EXCLUDED.label
             THEN EXCLUDED.received_at ELSE feedback.received_at END,
+        key_id = CASE WHEN feedback.label IS DISTINCT FROM EXCLUDED.label
+            THEN NULL ELSE feedback.key_id END,
         revisions = feedback.revisions
             + CASE WHEN feedback.label IS DISTINCT FROM EXCLUDED.label THEN 1 ELSE 0 END
     WHERE feedback.label IS DISTINCT FROM EXCLUDED.label OR feedback.raw_label IS NULL
-    RETURNING (xmax = 0) AS inserted
+    RETURNING request_id, label, (xmax = 0) AS inserted
+), kept AS (
+    INSERT INTO feedback_history (request_id, label, raw_label, key_id, received_at, replaced_by)
+    SELECT p.request_id, p.label, p.raw_label, p.key_id, p.received_at, NULL
+    FROM previous p JOIN written w USING (request_id)
+    WHERE NOT w.inserted AND p.label IS DISTINCT FROM w.label
 )
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
 """
@@ -156,6 +173,7 @@ def _store_labels(
         cur.copy_expert(_COPY_FEEDBACK_STAGING, buffer)
         cur.execute(_ORPHANS, {"model": model_name, "listed": LISTED})
         orphans, examples = cur.fetchone() or (0, None)
+        cur.execute(_LOCK_FEEDBACK_STAGED)
         cur.execute(_UPSERT_FEEDBACK, {"model": model_name})
         stored, updated = cur.fetchone() or (0, 0)
         cur.execute(_DROP_FEEDBACK_STAGING)

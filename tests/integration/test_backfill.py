@@ -248,8 +248,16 @@ def test_a_labels_table_corrects_stored_labels(
     )
     assert result.predictions_read == 0
     assert _rows(
-        store_url, "SELECT label, raw_label, revisions FROM feedback WHERE request_id = %s", first
-    ) == [(int(flipped == "Yes"), flipped, 1)]
+        store_url,
+        "SELECT label, raw_label, revisions, key_id FROM feedback WHERE request_id = %s",
+        first,
+    ) == [(int(flipped == "Yes"), flipped, 1, None)]
+    # The label it replaced is kept, as a correction through the service keeps it; the others,
+    # unchanged, leave no history.
+    original = history["Churn"].iloc[0]
+    assert _rows(
+        store_url, "SELECT request_id, label, raw_label, replaced_by FROM feedback_history"
+    ) == [(first, int(original == "Yes"), original, None)]
 
 
 @pytest.mark.parametrize(
