@@ -12,7 +12,7 @@ AIRFLOW_PORT ?= 8080
 # MODEL=<name> picks one model where the deployment has several (models/*.yaml).
 MODEL_ARG = $(if $(MODEL),--model $(MODEL))
 
-.PHONY: help setup demo serve airflow retrain status image image-tools observability-tools observability-check bench-serving test lint typecheck check stop clean
+.PHONY: help setup demo serve airflow retrain status image image-tools observability-tools observability-check bench-serving client test lint typecheck check stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ bench-serving: ## our Bento against a FastAPI peer under wrk, with a verdict per
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q --no-install-recommends wrk; }
 	$(UV) run --frozen python bench/serving.py $(BENCH_ARGS)
+
+client: ## regenerate the typed HTTP client in clients/python from the served OpenAPI document (SPEC=your-spec.yaml)
+	$(UV) run --frozen python clients/generate.py $(if $(SPEC),--spec $(SPEC))
 
 test: ## the test suite: unit, DAG, model and integration tiers (real PostgreSQL, Airflow, bentoml serve)
 	$(UV) run --frozen pytest

@@ -18,8 +18,9 @@ always carries by one entry in :data:`HEADERS`.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import bentoml
@@ -31,9 +32,13 @@ __all__ = [
     "MAX_FEEDBACK_LABELS",
     "MAX_ITEM_BYTES",
     "RATE_HEADERS",
+    "Document",
     "ErrorResponse",
+    "bentoml_document",
     "body_limit",
     "openapi_document",
+    "served_document",
+    "service_schema",
 ]
 
 # A record or a label is a few hundred bytes; this leaves room for long category names, escapes
@@ -44,6 +49,17 @@ MAX_ITEM_BYTES = 16 * 1024
 MAX_FEEDBACK_LABELS = 1000
 
 REF = "#/components/schemas/{model}"
+# What BentoML appends to the names of the classes it wraps each API's models in.
+IO_SUFFIX = "IODescriptor"
+# BentoML's one tag for every API route, replaced by TAGS.
+BENTOML_API_TAG = "Service APIs"
+TAGS = {
+    "predictions": {"name": "Predictions", "description": "Score records; each is recorded."},
+    "feedback": {
+        "name": "Feedback",
+        "description": "The ground truth for earlier predictions, by their request_id.",
+    },
+}
 ERROR_SCHEMA = "Error"
 FIELD_ERROR_SCHEMA = "FieldError"
 # BentoML's three error components, each with ``detail`` typed as a string: replaced by ERROR_SCHEMA.
@@ -238,27 +254,87 @@ def _inline(model: Any, schemas: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def _component(model: Any, schemas: dict[str, Any]) -> dict[str, Any]:
+    """A ``$ref`` to ``model``'s schema, stored in the components under the model's own name.
+
+    BentoML wraps each API's models in classes named ``<model>IODescriptor``; the document uses
+    the models' names (``ChurnRequest``, ``Prediction``, ``FeedbackRequest``), so a generated client
+    gets one class per model, named as the service names it. A list (``/predict_batch``'s answer)
+    stays inline: an array of references.
+    """
+    schema = _inline(model, schemas)
+    if schema.get("type") != "object":
+        schema.pop("title", None)
+        return schema
+    name = str(schema["title"]).removesuffix(IO_SUFFIX)
+    schema["title"] = name
+    schemas[name] = schema
+    return {"$ref": REF.format(model=name)}
+
+
+def _refs(node: Any) -> set[str]:
+    """The component names ``node`` refers to."""
+    if isinstance(node, dict):
+        found = {str(node["$ref"]).rpartition("/")[2]} if "$ref" in node else set()
+        return found.union(*(_refs(value) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_refs(value) for value in node))
+    return set()
+
+
+def _prune(document: dict[str, Any]) -> None:
+    """Drop the component schemas no route uses (BentoML's ``...IODescriptor`` copies, its task
+    status): a client generator makes a class of each."""
+    schemas: dict[str, Any] = document["components"]["schemas"]
+    used: set[str] = set()
+    todo = _refs(document["paths"])
+    while todo:
+        name = todo.pop()
+        if name not in used and name in schemas:
+            used.add(name)
+            todo |= _refs(schemas[name])
+    for name in [name for name in schemas if name not in used]:
+        del schemas[name]
+
+
+def bentoml_document(service: bentoml.Service[Any]) -> dict[str, Any]:
+    """BentoML's own OpenAPI document of ``service``, whatever ``openapi_spec`` says in a subclass."""
+    import bentoml
+
+    generate = cast(Callable[[Any], Any], bentoml.Service.openapi_spec.fget)
+    document: dict[str, Any] = generate(service).asdict()
+    return document
+
+
 def openapi_document(service: bentoml.Service[Any], max_records: int) -> dict[str, Any]:
     """BentoML's OpenAPI document of ``service``, describing what the API routes really answer.
 
     Each API route's request body is required, ``application/json`` only, with the input model's
     full JSON schema (unions and nulls kept); its 200 body is the output model's; its errors are
     the :data:`ERRORS` that apply to it, all with the shared ``Error`` schema. ``/readyz`` also
-    documents its 503.
+    documents its 503. Each API's ``operationId`` is its name (``predict``, ``feedback_batch``)
+    and its tag :data:`TAGS`' (a generated client's function and module names).
     """
-    document: dict[str, Any] = service.openapi_spec.asdict()
+    document = bentoml_document(service)
     # Pydantic writes JSON Schema 2020-12 (a union with null, lists of examples): OpenAPI 3.1's.
     document["openapi"] = "3.1.0"
     schemas: dict[str, Any] = document.setdefault("components", {}).setdefault("schemas", {})
     for stale in _BENTOML_ERROR_SCHEMAS:
         schemas.pop(stale, None)
     schemas.update(copy.deepcopy(SCHEMAS))
+    document["tags"] = [
+        *TAGS.values(),
+        *(tag for tag in document.get("tags", []) if tag["name"] != BENTOML_API_TAG),
+    ]
     for name, api in service.apis.items():
         operation = document["paths"][api.route]["post"]
-        request = _inline(api.input_spec, schemas)
-        records = request.get("properties", {}).get("records")
-        if name == "predict_batch" and records is not None:
-            records["maxItems"] = max_records
+        operation["operationId"] = name
+        operation["tags"] = [TAGS["feedback" if name in FEEDBACK_APIS else "predictions"]["name"]]
+        request = _component(api.input_spec, schemas)
+        if name == "predict_batch":
+            schemas[request["$ref"].rpartition("/")[2]]["properties"]["records"]["maxItems"] = (
+                max_records
+            )
         operation["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": request}},
@@ -266,7 +342,7 @@ def openapi_document(service: bentoml.Service[Any], max_records: int) -> dict[st
         responses: dict[str, Any] = {
             "200": {
                 "description": "Successful Response",
-                "content": {"application/json": {"schema": _inline(api.output_spec, schemas)}},
+                "content": {"application/json": {"schema": _component(api.output_spec, schemas)}},
             }
         }
         for error in ERRORS:
@@ -280,4 +356,74 @@ def openapi_document(service: bentoml.Service[Any], max_records: int) -> dict[st
             "unreachable and the spool is past 90% full), or the service is starting or stopping.",
             "content": {"text/plain": {"schema": {"type": "string"}}},
         }
+    _prune(document)
     return document
+
+
+class Document(dict[str, Any]):
+    """An OpenAPI document where BentoML expects its own: it reads one with ``asdict()`` (its
+    ``/docs.json`` route) or dumps it as YAML (``bentoml build`` writes ``apis/openapi.yaml``)."""
+
+    def asdict(self) -> dict[str, Any]:
+        return dict(self)
+
+
+def _dump_document(dumper: Any, document: Document) -> Any:
+    return dumper.represent_dict(dict(document))
+
+
+def _settings() -> Any:
+    from training.settings import get_settings
+
+    return get_settings()
+
+
+def served_document(service: bentoml.Service[Any]) -> Document:
+    """The document ``/docs.json`` serves under this process's settings: :func:`openapi_document`
+    for ``DRIFTLOOP_BATCH_MAX_RECORDS``, with the API keys' schemes and answers when
+    ``DRIFTLOOP_AUTH=on`` (:func:`bentos.access.secure_document`).
+
+    The service answers BentoML's ``openapi_spec`` with it, so that every copy BentoML makes of
+    its document says the same: ``bentoml build`` writes it to the Bento's ``apis/openapi.yaml``.
+    """
+    import yaml
+
+    from bentos.access import secure_document
+
+    # BentoML dumps its document with PyYAML's default dumper, which takes exact types only.
+    yaml.add_representer(Document, _dump_document)
+    settings = _settings()
+    document = openapi_document(service, settings.batch_max_records)
+    if settings.auth == "on":
+        document = secure_document(document)
+    return Document(document)
+
+
+def _resolve(node: Any, schemas: dict[str, Any]) -> Any:
+    """``node`` with every ``$ref`` to a component replaced by (a copy of) its schema."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _resolve(schemas[str(node["$ref"]).rpartition("/")[2]], schemas)
+        return {key: _resolve(value, schemas) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_resolve(value, schemas) for value in node]
+    return node
+
+
+def service_schema(service: bentoml.Service[Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """BentoML's service schema (``schema``: ``/schema.json`` and the Bento's
+    ``apis/schema.json``, what BentoML's own clients and index page read) with each API route's
+    input and output schemas taken from :func:`openapi_document`, references resolved (BentoML's
+    flattens a union to its first member: a feedback label would be a boolean only)."""
+    document = openapi_document(service, _settings().batch_max_records)
+    schemas = document["components"]["schemas"]
+    for route in schema["routes"]:
+        operation = document["paths"][route["route"]]["post"]
+        route["input"] = _resolve(
+            operation["requestBody"]["content"]["application/json"]["schema"], schemas
+        )
+        output = operation["responses"]["200"]["content"]["application/json"]["schema"]
+        # BentoML's streaming and media-type flags, which no JSON schema carries.
+        extras = {k: v for k, v in route["output"].items() if k in ("is_stream", "media_type")}
+        route["output"] = {**_resolve(output, schemas), **extras}
+    return schema

@@ -43,6 +43,7 @@ LIMITS = {
     "/feedback": 16 * 1024,
     "/feedback_batch": 16 * 1024 * 1000,
 }
+REF = "#/components/schemas/"
 # What a forged log line would start with: a timestamp and level in BentoML's own format.
 FORGED = "1999-12-31T23:59:59+0000 [ERROR] [entry_service:forged:1] FORGED admin logged in"
 # Schemathesis: at most this many generated examples per operation and phase (Hypothesis' default).
@@ -255,14 +256,15 @@ def test_the_document_describes_every_answer_of_the_api_routes(served: Served) -
         assert "16384" in responses["413"]["description"].replace(",", ""), path
     label = schemas["FeedbackRequest"]["properties"]["label"]
     feedback = document["paths"]["/feedback"]["post"]["requestBody"]["content"]
-    assert feedback["application/json"]["schema"]["properties"]["label"] == label
+    assert feedback["application/json"]["schema"] == {"$ref": REF + "FeedbackRequest"}
     assert label["anyOf"] == [
         {"type": "boolean"},
         {"type": "integer", "enum": [0, 1]},
         {"type": "string", "enum": ["1", "0"]},
     ]
     batch = document["paths"]["/predict_batch"]["post"]["requestBody"]["content"]
-    records = batch["application/json"]["schema"]["properties"]["records"]
+    assert batch["application/json"]["schema"] == {"$ref": REF + "PredictBatchRequest"}
+    records = schemas["PredictBatchRequest"]["properties"]["records"]
     assert (records["minItems"], records["maxItems"]) == (1, 1000)
 
 
