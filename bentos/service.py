@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import bentoml
 from starlette.responses import JSONResponse
@@ -40,6 +40,9 @@ from bentos.schemas import (
 )
 from training.spec import Label
 
+if TYPE_CHECKING:
+    from bentos.grpc_server import GrpcServer
+
 log = logging.getLogger("driftloop.serve")
 
 # Adaptive batching of single-record requests (BentoML's CorkDispatcher): a batch is at most this
@@ -50,6 +53,8 @@ MAX_LATENCY_MS = 2000
 # SIGTERM: how long the worker may spend writing its spool to PostgreSQL before it exits; what is
 # left stays in the spool for the next start.
 SHUTDOWN_FLUSH_S = 20.0
+# SIGTERM: how long gRPC calls under way may take to finish before the spool is written.
+GRPC_GRACE_S = 5.0
 
 
 @bentoml.service(
@@ -122,6 +127,7 @@ class ChurnService:
             ),
         )
         hotpath.bind(self.predictor, settings.batch_max_records)
+        self.grpc_server: GrpcServer | None = None
         self.loop_metrics = LoopMetrics(
             self.database_url, settings, self.spec.name, self.spec.drift.share_threshold
         )
@@ -138,6 +144,34 @@ class ChurnService:
         from training.process_manager import private_control_sockets
 
         private_control_sockets()
+
+    @bentoml.on_deployment
+    def _grpc_port() -> None:
+        """Check once, before the workers start, that the gRPC port is not another server's."""
+        from bentos.grpc_server import check_port
+        from training.settings import get_settings
+
+        check_port(get_settings())
+
+    @bentoml.on_startup
+    async def _start_grpc(self) -> None:
+        """Serve gRPC from this worker, on its event loop (where the batching runs), in a
+        ``bentoml serve`` worker only: an in-process app (tests, ``to_asgi``) serves HTTP alone."""
+        from bentoml._internal.context import server_context
+
+        from bentos.grpc_server import GrpcServer
+
+        if server_context.worker_index is not None:
+            self.grpc_server = await GrpcServer.start(
+                self.predictor, self.feedback_desk, self.settings
+            )
+
+    @bentoml.on_shutdown
+    async def _stop_grpc(self) -> None:
+        """Stop gRPC before ``close`` (hooks run by name) writes the spool."""
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(GRPC_GRACE_S)
+            self.grpc_server = None
 
     @bentoml.on_shutdown
     def close(self) -> None:
@@ -281,13 +315,17 @@ class _ServedWithHotPath(bentoml.Service):  # type: ignore[misc]
 
     def to_asgi(self, is_main: bool = True) -> Any:
         from bentos.access import Access
+        from bentos.grpc_server import share_gate
         from bentos.hotpath import HotPath
         from bentos.metrics import RequestMetrics
         from training.settings import get_settings
 
+        access = Access(HotPath(super().to_asgi(is_main), self))
+        # The worker's gRPC server asks the same keys and buckets.
+        share_gate(access.gate)
         # Outermost, so that the auth layer's refusals and the hot path's answers are counted too.
         return RequestMetrics(
-            Access(HotPath(super().to_asgi(is_main), self)),
+            access,
             [api.route for api in self.apis.values()],
             auth_on=get_settings().auth == "on",
         )

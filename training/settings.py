@@ -52,6 +52,8 @@ class Settings(BaseSettings):
         auth_fail_rate: requests per second each client address may send without a valid key
             (missing, unknown, wrong or revoked) to each worker; past it, 429 before any lookup.
         auth_fail_burst: such requests an address may send at once.
+        grpc_port: the port every service worker serves the gRPC API on (``0``: no gRPC).
+        grpc_host: the address it listens on; by default the one the HTTP server listens on.
     """
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", extra="ignore")
@@ -83,6 +85,8 @@ class Settings(BaseSettings):
     rate_burst: int = Field(100, ge=1)
     auth_fail_rate: float = Field(1.0, gt=0)
     auth_fail_burst: int = Field(20, ge=1)
+    grpc_port: int = Field(3001, ge=0, le=65535)
+    grpc_host: str | None = None
 
     @field_validator("home", "models")
     @classmethod
