@@ -12,7 +12,7 @@ AIRFLOW_PORT ?= 8080
 # MODEL=<name> picks one model where the deployment has several (models/*.yaml).
 MODEL_ARG = $(if $(MODEL),--model $(MODEL))
 
-.PHONY: help setup demo serve airflow retrain status image image-tools observability-tools observability-check bench-serving client test lint typecheck check stop clean
+.PHONY: help setup demo serve airflow retrain status image image-tools observability-tools observability-check bench-serving client grpc-stubs test lint typecheck check stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -66,6 +66,10 @@ bench-serving: ## our Bento against a FastAPI peer under wrk, with a verdict per
 
 client: ## regenerate the typed HTTP client in clients/python from the served OpenAPI document (SPEC=your-spec.yaml)
 	$(UV) run --frozen python clients/generate.py $(if $(SPEC),--spec $(SPEC))
+
+grpc-stubs: ## regenerate the gRPC stubs in driftloop_grpc/v1 from proto/driftloop/v1 (grpcio-tools)
+	$(UV) run --frozen python -m grpc_tools.protoc -Idriftloop_grpc/v1=proto/driftloop/v1 \
+	  --python_out=. --pyi_out=. --grpc_python_out=. driftloop_grpc/v1/model_service.proto
 
 test: ## the test suite: unit, DAG, model and integration tiers (real PostgreSQL, Airflow, bentoml serve)
 	$(UV) run --frozen pytest
