@@ -129,9 +129,15 @@ class LoopMetrics:
     """A worker's cached view of one model's loop, rendered for ``/metrics``."""
 
     def __init__(
-        self, database_url: str, settings: Settings, model: str, share_threshold: float
+        self,
+        database_url: str,
+        settings: Settings,
+        model: str,
+        share_threshold: float,
+        ttl_s: float = TTL_S,
     ) -> None:
         self.database_url = database_url
+        self.ttl_s = ttl_s
         self.settings = settings
         self.model = model
         self.share_threshold = share_threshold
@@ -142,9 +148,9 @@ class LoopMetrics:
         self._text = b""
 
     def text(self) -> str:
-        """The loop's series, read from the store when the last read is older than :data:`TTL_S`."""
+        """The loop's series, read from the store when the last read is older than ``ttl_s``."""
         with self._lock:
-            if time.monotonic() - self._read_at >= TTL_S:
+            if time.monotonic() - self._read_at >= self.ttl_s:
                 self._refresh()
             return self._text.decode()
 

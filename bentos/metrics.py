@@ -185,13 +185,24 @@ def observe_many(histogram: Histogram, values: np.ndarray[Any, Any]) -> None:
             bucket.inc(count)
 
 
+@functools.cache
+def _request_series(transport: str, route: str, status: str) -> tuple[Counter, Histogram]:
+    # A labels() lookup takes a lock and costs about as much as the increment itself: the few
+    # (route, status) pairs there are keep their children here.
+    current = series()
+    return (
+        current.requests.labels(transport, route, status),
+        current.latency.labels(transport, route),
+    )
+
+
 def observe_request(transport: str, route: str, status: str | int, seconds: float) -> None:
     """Count one request to an API route and its time (for HTTP, :class:`RequestMetrics` calls
     it; another transport calls it with its own route names and status codes, gRPC's as names
     like ``OK`` or ``INVALID_ARGUMENT``)."""
-    current = series()
-    current.requests.labels(transport, route, str(status)).inc()
-    current.latency.labels(transport, route).observe(seconds)
+    requests, latency = _request_series(transport, route, str(status))
+    requests.inc()
+    latency.observe(seconds)
 
 
 def refused(reason: RefusalReason, transport: str = "http") -> None:
