@@ -369,3 +369,22 @@ def test_the_client_was_generated_from_the_served_document(secured: Secured) -> 
         k: v for k, v in served.items() if k != "info"
     }
     assert generated["info"]["title"] == served["info"]["title"] == "churn_service"
+
+
+def test_the_readmes_client_example_runs_as_written(
+    dc: Any, secured: Secured, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's Python example, run against the server (its URL swapped in) with a key."""
+    readme = (CLIENT_PROJECT.parents[1] / "README.md").read_text()
+    section = readme.split("## Calling it from Python: the HTTP client", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setenv("DRIFTLOOP_KEY", secured.tokens["both"])
+
+    exec(compile(example.replace("http://127.0.0.1:3000", secured.url), "README.md", "exec"), {})
+
+    printed = capsys.readouterr().out.splitlines()
+    score, label, status = printed[0].split()
+    assert 0.0 <= float(score) <= 1.0
+    assert label in {"0", "1"}
+    assert status == "created"
+    assert printed[1] == "400 [(['age'], 'Input should be greater than or equal to 16')]"
