@@ -388,3 +388,33 @@ def test_the_readmes_client_example_runs_as_written(
     assert label in {"0", "1"}
     assert status == "created"
     assert printed[1] == "400 [(['age'], 'Input should be greater than or equal to 16')]"
+
+
+def test_regenerating_for_a_model_of_ones_own(tmp_path: Path) -> None:
+    """``clients/generate.py --spec`` makes the client of another spec, without a server or a
+    trained model: its request class has that spec's features (nullable ones optional), and its
+    labels are the ones that spec's feedback takes."""
+    from tests.integration.test_own_model_bento import LOANS
+
+    spec = tmp_path / "loans.yaml"
+    spec.write_text(yaml.safe_dump(LOANS))
+    output = tmp_path / "client"
+    script = CLIENT_PROJECT.parent / "generate.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--spec", str(spec), "--output", str(output)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stderr
+    models = output / "driftloop_client" / "models"
+    assert not (models / "churn_request.py").exists()
+    request = (models / "loans_request.py").read_text()
+    assert "    income: float\n" in request
+    assert "    credit_score: float | None | Unset = UNSET\n" in request
+    labels = (models / "feedback_request_label_type_2.py").read_text()
+    assert 'Literal["0", "1", "No", "Yes"]' in labels
+    document = json.loads((output / "openapi.json").read_text())
+    assert document["info"]["title"] == "loans_service"
+    assert not (output / ".ruff_cache").exists()
