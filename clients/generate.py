@@ -28,6 +28,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "openapi-python-client.yaml"
+# Templates replacing openapi-python-client's own (the package's README).
+TEMPLATES = HERE / "templates"
 OUTPUT = HERE / "python"
 DOCUMENT = "openapi.json"
 
@@ -80,6 +82,8 @@ def generate(document: dict[str, Any], output: Path) -> None:
             str(source),
             "--config",
             str(CONFIG),
+            "--custom-template-path",
+            str(TEMPLATES),
             "--meta",
             "setup",
             "--output-path",
