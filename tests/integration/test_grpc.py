@@ -7,12 +7,18 @@ the same validation, scoring, logging, keys and rate limits as HTTP, answered wi
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,6 +28,7 @@ import pytest
 from driftloop_grpc import CallError, ModelClient
 from tests.integration.test_service import (
     EXAMPLE,
+    Champion,
     bento_server,
     champion_environment,
     count,
@@ -34,6 +41,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SERVICE = "driftloop.v1.ModelService"
 # Small, so that the batch limit is cheap to pass.
 MAX_RECORDS = 5
+CLIENT_PROJECT = Path(__file__).resolve().parents[2] / "clients" / "grpc"
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,7 @@ class GrpcServed:
     database_url: str
     version: str
     tokens: dict[str, str]
-    log: Any
+    log: Path
 
     def client(self, key: str | None = "both") -> ModelClient:
         return ModelClient(self.target, api_key=self.tokens[key] if key else None)
@@ -56,14 +64,17 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServed]:
+def champion(
+    server_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Champion, dict[str, str]]]:
+    """A champion and its API keys (by name), for the module's servers."""
     from training.keys import create_key
     from training.store import connect
 
     home = tmp_path_factory.mktemp("grpc-home")
-    with champion_environment(server_url, home) as champion:
+    with champion_environment(server_url, home) as bootstrapped:
         tokens = {}
-        with connect(champion.database_url) as conn:
+        with connect(bootstrapped.database_url) as conn:
             for name, scopes, rate in (
                 ("both", ["predict", "feedback"], None),
                 ("predictor", ["predict"], None),
@@ -71,19 +82,43 @@ def served(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 ("admin", ["admin"], None),
             ):
                 tokens[name] = create_key(conn, name, scopes, rate)[1]
-        port = _free_port()
-        env = {
-            **os.environ,
-            "DRIFTLOOP_AUTH": "on",
-            "DRIFTLOOP_GRPC_PORT": str(port),
-            "DRIFTLOOP_BATCH_MAX_RECORDS": str(MAX_RECORDS),
-        }
-        log = home / "serve.log"
-        with bento_server(champion.bento_tag, home, env, log) as (url, _):
-            target = f"127.0.0.1:{port}"
-            # /readyz answers once the worker's startup hooks ran, gRPC's included.
-            grpc.channel_ready_future(grpc.insecure_channel(target)).result(timeout=30)
-            yield GrpcServed(url, target, champion.database_url, champion.version, tokens, log)
+        yield bootstrapped, tokens
+
+
+@contextmanager
+def grpc_server(
+    champion: tuple[Champion, dict[str, str]], name: str, port: int, **settings: str
+) -> Iterator[GrpcServed]:
+    """``bentoml serve`` of the champion with gRPC on ``port`` and ``settings`` in its environment
+    (a spool of its own: servers of one champion run side by side here)."""
+    bootstrapped, tokens = champion
+    env = {
+        **os.environ,
+        "DRIFTLOOP_GRPC_PORT": str(port),
+        "DRIFTLOOP_SPOOL_DIR": str(bootstrapped.home / f"spool-{name}"),
+        **settings,
+    }
+    log = bootstrapped.home / f"{name}.log"
+    with bento_server(bootstrapped.bento_tag, bootstrapped.home, env, log) as (url, _):
+        yield GrpcServed(
+            url,
+            f"127.0.0.1:{port}",
+            bootstrapped.database_url,
+            bootstrapped.version,
+            tokens,
+            log,
+        )
+
+
+@pytest.fixture(scope="module")
+def served(champion: tuple[Champion, dict[str, str]]) -> Iterator[GrpcServed]:
+    """The champion served with ``DRIFTLOOP_AUTH=on`` (one worker)."""
+    port = _free_port()
+    settings = {"DRIFTLOOP_AUTH": "on", "DRIFTLOOP_BATCH_MAX_RECORDS": str(MAX_RECORDS)}
+    with grpc_server(champion, "secured", port, **settings) as server:
+        # /readyz answers once the worker's startup hooks ran, gRPC's included.
+        grpc.channel_ready_future(grpc.insecure_channel(server.target)).result(timeout=30)
+        yield server
 
 
 def _code(error: pytest.ExceptionInfo[CallError]) -> str:
@@ -348,3 +383,106 @@ def test_server_log_names_grpc_refusals(served: GrpcServed) -> None:
     assert "gRPC Predict (code=INVALID_ARGUMENT)" in text
     assert "gRPC Predict (code=UNAUTHENTICATED)" in text
     assert "Traceback" not in text
+
+
+def test_two_workers_share_the_port_and_auth_off_needs_no_key(
+    champion: tuple[Champion, dict[str, str]],
+) -> None:
+    """With two workers both serve the one gRPC port (connections spread over them), and with
+    auth off a call needs no key and its label is stored without one."""
+    port = _free_port()
+    workers = "services.churn_service.workers=2"
+    with grpc_server(champion, "open", port, BENTOML_CONFIG_OPTIONS=workers) as server:
+        # /readyz answers once one worker is up: wait for both to serve gRPC.
+        deadline = time.monotonic() + 120
+        while server.log.read_text(errors="replace").count(f"ModelService on {server.target}") < 2:
+            assert time.monotonic() < deadline, server.log.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        with server.client(key=None) as client:
+            prediction = client.predict(EXAMPLE)
+            assert client.feedback(prediction.request_id, 1).status == "created"
+        assert query(
+            server.database_url,
+            "SELECT label, key_id FROM feedback WHERE request_id = %s",
+            (prediction.request_id,),
+        ) == [(1, None)]
+        for _ in range(24):
+            # A channel each: a connection of its own, which the kernel hands to either worker.
+            with server.client(key=None) as one, pytest.raises(CallError):
+                one.predict({**EXAMPLE, "age": "old"})
+        deadline = time.monotonic() + 15
+        answered: set[str] = set()
+        while len(answered) < 2 and time.monotonic() < deadline:
+            lines = server.log.read_text(errors="replace").splitlines()
+            answered = {
+                line.split("] gRPC Predict")[0].rpartition(":")[2]
+                for line in lines
+                if "] gRPC Predict (code=INVALID_ARGUMENT)" in line
+            }
+            time.sleep(0.2)
+        assert answered == {"1", "2"}, answered
+
+
+def test_a_port_another_server_holds_leaves_grpc_off(
+    champion: tuple[Champion, dict[str, str]], served: GrpcServed
+) -> None:
+    """A second server given the gRPC port the first serves says so and answers HTTP only: the
+    port stays the first server's (its keyless calls are refused: auth is on there, off here)."""
+    port = int(served.target.rpartition(":")[2])
+    with grpc_server(champion, "second", port) as second:
+        assert f"gRPC port {port} is taken" in second.log.read_text(errors="replace")
+        assert httpx.post(f"{second.url}/predict", json=EXAMPLE, timeout=30).status_code == 200
+        for _ in range(6):
+            with served.client(key=None) as anonymous, pytest.raises(CallError) as refused:
+                anonymous.predict(EXAMPLE)
+            assert _code(refused) in {"UNAUTHENTICATED", "RESOURCE_EXHAUSTED"}
+
+
+def test_the_client_installs_with_pip_and_calls_the_service(
+    served: GrpcServed, tmp_path: Path
+) -> None:
+    """``clients/grpc`` installs as a user installs it (``uv pip install``, offline) and its
+    ModelClient, imported from there in a fresh interpreter, scores a record."""
+    uv = shutil.which("uv")
+    assert uv, "uv is needed to install clients/grpc (make setup installs it)"
+    target = tmp_path / "installed"
+    install = subprocess.run(
+        [
+            uv,
+            "pip",
+            "install",
+            "--quiet",
+            "--offline",
+            "--no-deps",
+            "--no-build-isolation",
+            "--python",
+            sys.executable,
+            "--target",
+            str(target),
+            str(CLIENT_PROJECT),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert install.returncode == 0, install.stderr
+    script = (
+        "import json, sys, driftloop_grpc\n"
+        "from driftloop_grpc import ModelClient\n"
+        "with ModelClient(sys.argv[1], api_key=sys.argv[2]) as client:\n"
+        "    answer = client.predict(json.loads(sys.argv[3]))\n"
+        "print(json.dumps({'file': driftloop_grpc.__file__, 'version': answer.model_version}))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, served.target, served.tokens["both"], json.dumps(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        cwd=tmp_path,
+        check=False,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    answer = json.loads(run.stdout)
+    assert Path(answer["file"]).is_relative_to(target), answer
+    assert answer["version"] == served.version
