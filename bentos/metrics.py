@@ -44,6 +44,7 @@ HTTP_REFUSALS: dict[int, RefusalReason] = {
     403: "forbidden",
     429: "rate_limited",
 }
+CLIENT_GONE = 499
 # Scores are probabilities: twenty equal buckets show a shift of the distribution at a glance.
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 # Up to the batch endpoint's default 1,000 records.
@@ -238,7 +239,10 @@ class RequestMetrics:
             return
         path: str = scope["path"]
         started = time.perf_counter()
-        status = 500
+        # What a request that got no answer counts as: 499 (nginx's "client closed request", not
+        # a server error) when the client left before its body arrived, 500 when the app raised
+        # (the server then answers 500).
+        status = CLIENT_GONE
 
         async def watched(message: Message) -> None:
             nonlocal status
@@ -248,6 +252,10 @@ class RequestMetrics:
 
         try:
             await self.app(scope, receive, watched)
+        except BaseException:
+            if status == CLIENT_GONE:
+                status = 500
+            raise
         finally:
             if path in self.routes:
                 observe_request("http", path, status, time.perf_counter() - started)

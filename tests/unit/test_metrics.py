@@ -55,6 +55,14 @@ def _answering(status: int) -> Any:
     return app
 
 
+async def _leaving(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The hot path when its client disconnects before sending its body: no answer."""
+
+
+async def _failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    raise RuntimeError("a bug")
+
+
 def _call(app: Any, path: str) -> list[dict[str, Any]]:
     sent: list[dict[str, Any]] = []
 
@@ -70,15 +78,15 @@ def _call(app: Any, path: str) -> list[dict[str, Any]]:
 
 
 def test_request_layer_counts_api_routes_by_status_and_refusals_only_with_auth_on() -> None:
-    """An API route's answer is counted by route and status with its time, unchanged; another
-    path is not; 401/403/429 count as refusals (unauthenticated, forbidden, rate_limited) only when
+    """An API route's answer is counted by route and status with its time, unchanged (no answer:
+    499 when the client left, 500 when the app raised); another path is not; 401/403/429 count as refusals (unauthenticated, forbidden, rate_limited) only when
     auth is on, on any path (``/metrics`` is keyed too)."""
     series()
     route = "/unit-test-route"
     requests = "driftloop_requests_total"
     before = {
         status: _value(requests, transport="http", route=route, status=status)
-        for status in ("200", "429", "503")
+        for status in ("200", "429", "499", "500", "503")
     }
     refused_before = {
         reason: _value("driftloop_refused_total", transport="http", reason=reason)
@@ -94,13 +102,18 @@ def test_request_layer_counts_api_routes_by_status_and_refusals_only_with_auth_o
     _call(on[200], "/not-an-api-route")
     _call(RequestMetrics(_answering(429), [route], auth_on=False), route)
     _call(RequestMetrics(_answering(503), [route], auth_on=False), route)
+    _call(RequestMetrics(_leaving, [route], auth_on=False), route)
+    with pytest.raises(RuntimeError):
+        _call(RequestMetrics(_failing, [route], auth_on=False), route)
 
     assert _value(requests, transport="http", route=route, status="200") == before["200"] + 1
     assert _value(requests, transport="http", route=route, status="429") == before["429"] + 2
     assert _value(requests, transport="http", route=route, status="503") == before["503"] + 1
+    assert _value(requests, transport="http", route=route, status="499") == before["499"] + 1
+    assert _value(requests, transport="http", route=route, status="500") == before["500"] + 1
     assert _value(requests, transport="http", route="/not-an-api-route", status="200") == 0
     assert _value("driftloop_request_duration_seconds_count", transport="http", route=route) == (
-        timed + 5
+        timed + 7
     )
     refused_now = {
         reason: _value("driftloop_refused_total", transport="http", reason=reason)
