@@ -10,7 +10,9 @@ stopped (SIGTERM flushes) the ``predictions`` rows it left are counted against t
 
 Points: single-record ``/predict`` at 32 and 128 connections with 1 and 2 workers, for both servers;
 our ``/predict_batch`` with 1,000-record bodies at 2 and 4 connections; our single-record point at
-32 connections with logging off (``DRIFTLOOP_LOG_PREDICTIONS=false``); and the in-process limits:
+32 connections with logging off (``DRIFTLOOP_LOG_PREDICTIONS=false``); our gRPC ``Predict`` with 32
+calls in flight, 1 and 2 workers (``bench/grpc_load.py``: wrk speaks HTTP/1.1 only); and the
+in-process limits:
 the model alone (1,000-row batches) and COPY of prediction rows into PostgreSQL alone. Ratios are
 against the peer's (or the limit's) figure measured in the same run, on the same machine.
 
@@ -98,9 +100,12 @@ class Point:
     route: str = "/predict"
     records: int = 1  # records per request
     log_predictions: bool = True
+    transport: Literal["http", "grpc"] = "http"
 
     @property
     def kind(self) -> str:
+        if self.transport == "grpc":
+            return "single over gRPC"
         if self.route == "/predict_batch":
             return f"batch of {self.records:,}"
         return "single" if self.log_predictions else "single, logging off"
@@ -347,6 +352,28 @@ def _wrk(url: str, connections: int, seconds: float, bodies: Path, log: Path) ->
     return parse_wrk(text)
 
 
+def _load(point: Point, target: str, seconds: float, bodies: Path, log: Path) -> WrkResult:
+    """wrk against an HTTP route, or bench/grpc_load.py against the gRPC port, as wrk's figures."""
+    if point.transport == "http":
+        return _wrk(target, point.connections, seconds, bodies, log)
+    from bench import grpc_load
+
+    load = grpc_load.run(target, point.connections, seconds, bodies)
+    with log.open("a") as out:
+        out.write(f"grpc_load {target} x{point.connections} {seconds:.0f}s: {load}\n")
+    return WrkResult(
+        requests=load.requests,
+        seconds=load.seconds,
+        rps=load.requests / load.seconds if load.seconds else 0.0,
+        p50_ms=load.p50_ms,
+        p95_ms=load.p95_ms,
+        p99_ms=load.p99_ms,
+        non_2xx=load.errors,
+        socket_errors=0,
+        sent=load.requests,
+    )
+
+
 # --- metrics and the store ----------------------------------------------------------------------
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{[^}]*\})?\s+(\S+)", re.M)
@@ -487,12 +514,15 @@ def measure_limits(
 # --- one point ----------------------------------------------------------------------------------
 
 
-def _server_command(ctx: Context, point: Point, port: int) -> tuple[list[str], dict[str, str]]:
+def _server_command(
+    ctx: Context, point: Point, port: int, grpc_port: int
+) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", BENTOML_DO_NOT_TRACK="true")
     workers = str(point.workers)
     if point.server == "ours":
         env |= {
             "DRIFTLOOP_DATABASE_URL": ctx.scratch_url,
+            "DRIFTLOOP_GRPC_PORT": str(grpc_port),
             "DRIFTLOOP_LOG_PREDICTIONS": "true" if point.log_predictions else "false",
             # A spool of its own: what a point leaves unflushed must not reach another point.
             "DRIFTLOOP_SPOOL_DIR": str(ctx.workdir / f"spool-{port}"),
@@ -512,17 +542,20 @@ def run_point(ctx: Context, point: Point, number: int, total: int) -> Outcome:
     url = f"http://127.0.0.1:{port}"
     log = ctx.workdir / f"point-{number}-{point.server}.log"
     bodies = ctx.batch_bodies if point.records > 1 else ctx.single_bodies
-    argv, env = _server_command(ctx, point, port)
+    grpc_port = _free_port()
+    argv, env = _server_command(ctx, point, port, grpc_port)
     rows_before = _count_predictions(ctx.scratch_url)
     process = _start(argv, env, log)
     try:
         ready = _wait_ready(url, process, log)
         step(f"  ready after {ready:.1f}s; warming up {ctx.warmup_s:.0f}s")
         target = f"{url}{point.route}"
-        warm = _wrk(target, point.connections, ctx.warmup_s, bodies, log)
+        if point.transport == "grpc":
+            target = f"127.0.0.1:{grpc_port}"
+        warm = _load(point, target, ctx.warmup_s, bodies, log)
         before = _batch_counters(url)
         step(f"  measuring {ctx.duration_s:.0f}s")
-        outcome.wrk = _wrk(target, point.connections, ctx.duration_s, bodies, log)
+        outcome.wrk = _load(point, target, ctx.duration_s, bodies, log)
         time.sleep(0.5)  # what was in flight when wrk stopped is answered
         after = _batch_counters(url)
         if point.server == "ours":
@@ -606,7 +639,23 @@ def judge(outcomes: list[Outcome], limits: Limits | None) -> None:
             misses.append("errors")
         if not o.logged_ok and o.point.log_predictions:
             misses.append("logged")
-        if o.point.kind == "single":
+        if o.point.transport == "grpc":
+            # No throughput target: its load generator is Python, slower than wrk. Shown against
+            # our HTTP point with as many connections.
+            http = next(
+                (
+                    h
+                    for h in outcomes
+                    if h.point.server == "ours"
+                    and h.point.kind == "single"
+                    and (h.point.workers, h.point.connections)
+                    == (o.point.workers, o.point.connections)
+                ),
+                None,
+            )
+            if http is not None and http.wrk is not None and http.wrk.rps:
+                o.ratio = f"{o.wrk.rps / http.wrk.rps:.2f}× our HTTP"
+        elif o.point.kind == "single":
             peer = peers.get((o.point.workers, o.point.connections))
             if peer is None or peer.wrk is None:
                 misses.append("no peer figure")
@@ -726,6 +775,8 @@ def _points() -> list[Point]:
             points += [Point("peer", workers, connections), Point("ours", workers, connections)]
             if (workers, connections) == (1, 32):
                 points.append(Point("ours", 1, 32, log_predictions=False))
+            if connections == 32:
+                points.append(Point("ours", workers, 32, transport="grpc"))
     points += [
         Point("ours", 1, connections, route="/predict_batch", records=BATCH_SIZE)
         for connections in (2, 4)
@@ -834,7 +885,11 @@ def main() -> int:
         f"- /predict_batch ({BATCH_SIZE:,}-record bodies): rows/s ≥ {LIMIT_BATCH_TARGET:.0%} of "
         "the in-process batched limit (the slower of model and COPY alone), zero errors;",
         f"- logging costs < {LOGGING_COST_TARGET:.0%} of single-record throughput (1 worker, "
-        "32 connections, logging on against DRIFTLOOP_LOG_PREDICTIONS=false).",
+        "32 connections, logging on against DRIFTLOOP_LOG_PREDICTIONS=false);",
+        "- gRPC Predict (32 calls in flight from `bench/grpc_load.py`, 2 Python processes, "
+        "grpc.aio over 4 connections): zero errors, every OK answer logged; its req/s is shown "
+        "against our HTTP point, not judged (the Python load generator, on the same 2 cores, "
+        "bounds it).",
     ]
     print(render(ctx, limits, header), flush=True)
     step("done")
