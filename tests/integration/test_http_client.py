@@ -77,11 +77,13 @@ def secured(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.fixture(scope="module")
 def dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The ``driftloop_client`` package, installed from ``clients/python`` into a folder of its
-    own (offline, with this interpreter's setuptools) and imported from there."""
+    """The ``driftloop_client`` package, installed from (a copy of) ``clients/python`` into a
+    folder of its own (offline, with this interpreter's setuptools) and imported from there."""
     uv = shutil.which("uv")
     assert uv, "uv is needed to install clients/python (make setup installs it)"
     target = tmp_path_factory.mktemp("client-install")
+    # A copy: setuptools builds in the project's folder (build/, *.egg-info).
+    project = shutil.copytree(CLIENT_PROJECT, tmp_path_factory.mktemp("client-project") / "python")
     install = subprocess.run(
         [
             uv,
@@ -95,7 +97,7 @@ def dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             sys.executable,
             "--target",
             str(target),
-            str(CLIENT_PROJECT),
+            str(project),
         ],
         capture_output=True,
         text=True,
