@@ -13,6 +13,11 @@ answers it must handle.
 
 An error answer is documented by one :class:`ErrorResponse` line in :data:`ERRORS`; a header it
 always carries by one entry in :data:`HEADERS`.
+
+BentoML publishes the service's schemas in more places: ``/schema.json`` (its own format, which
+``bentoml.SyncHTTPClient`` reads) and, in a built Bento, ``apis/openapi.yaml`` and
+``apis/schema.json``. The service answers BentoML's ``openapi_spec`` with :func:`served_document`
+and its ``schema()`` with :func:`service_schema`, so that every copy says what ``/docs.json`` says.
 """
 
 from __future__ import annotations
