@@ -93,6 +93,35 @@ def _empty_side(column: str, ref: pd.DataFrame, cur: pd.DataFrame) -> ColumnDrif
     return ColumnDrift(column, f"no values in the {side}", 1.0, 1.0, drifted=True)
 
 
+def _label_drift(
+    spec: ModelSpec, reference: pd.DataFrame, current: pd.DataFrame, options: dict[str, Any]
+) -> ColumnDrift | None:
+    """The label's drift, on the window's labelled rows only (at least 30), in a report of its own
+    so that the features' test keeps every row."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    if spec.target not in reference or spec.target not in current:
+        return None
+    ref = _sample(reference[[spec.target]].dropna(), spec.drift.max_rows).astype("string")
+    cur = _sample(current[[spec.target]].dropna(), spec.drift.max_rows).astype("string")
+    if len(cur) < 30 or ref.empty:
+        return None
+    definition = DataDefinition(categorical_columns=[spec.target])
+    snapshot = Report([DataDriftPreset(**{**options, "columns": [spec.target]})]).run(
+        Dataset.from_pandas(cur, data_definition=definition),
+        Dataset.from_pandas(ref, data_definition=definition),
+    )
+    return next(
+        (
+            _column_drift(m)
+            for m in snapshot.dict()["metrics"]
+            if m["config"].get("type", "").endswith("ValueDrift")
+        ),
+        None,
+    )
+
+
 def detect_drift(
     spec: ModelSpec,
     reference: pd.DataFrame,
@@ -125,12 +154,6 @@ def detect_drift(
     ref = feature_frame(spec, _sample(reference, policy.max_rows))
     cur = feature_frame(spec, _sample(current, policy.max_rows))
     categorical = list(spec.categorical_features)
-    labelled_current = current[spec.target].dropna() if spec.target in current else pd.Series()
-    if spec.target in reference and len(labelled_current) >= 30:
-        ref[spec.target] = reference.loc[ref.index, spec.target].astype("string")
-        cur[spec.target] = current.loc[cur.index, spec.target].astype("string")
-        cur = cur[cur[spec.target].notna()] if len(cur) else cur
-        categorical.append(spec.target)
     empty = {
         c.column: c
         for c in (_empty_side(name, ref, cur) for name in spec.numeric_features)
@@ -147,6 +170,8 @@ def detect_drift(
         options["method"] = policy.method
     if policy.column_threshold is not None:
         options["threshold"] = policy.column_threshold
+    # Features: every row of the window, labelled or not (the newest days still wait for their
+    # labels, and they are the ones most likely to have moved).
     snapshot = Report([DataDriftPreset(**options)]).run(
         Dataset.from_pandas(cur, data_definition=definition),
         Dataset.from_pandas(ref, data_definition=definition),
@@ -161,7 +186,7 @@ def detect_drift(
     ]
     compared = {c.column: c for c in per_column} | empty
     features = tuple(compared[name] for name in spec.feature_names if name in compared)
-    target = next((c for c in per_column if c.column == spec.target), None)
+    target = _label_drift(spec, reference, current, options)
     share = sum(c.drifted for c in features) / len(features)
     return DriftResult(
         rows_reference=len(ref),

@@ -95,8 +95,11 @@ def judge(challenger: Evaluation, champion: Evaluation | None, policy: GatePolic
         gates.append(
             Gate(
                 "auc_gain",
-                gain >= policy.min_auc_gain,
-                f"ROC AUC gain over champion {gain:+.4f} vs required {policy.min_auc_gain:+.4f}",
+                # Strictly more: a challenger that only ties (an identical model retrained on the
+                # same rows gains exactly 0) would swap the champion and build a Bento for nothing.
+                gain > policy.min_auc_gain,
+                f"ROC AUC gain over champion {gain:+.4f} vs required more than "
+                f"{policy.min_auc_gain:+.4f}",
             )
         )
         increase = challenger.log_loss - champion.log_loss

@@ -98,3 +98,27 @@ def test_a_feature_missing_from_every_row_of_the_window_is_drift() -> None:
     reference = generate(3000, seed=1).assign(usage_hours=np.nan)
     both = detect_drift(spec, reference, current)
     assert not next(c for c in both.columns if c.column == "usage_hours").drifted
+
+
+def test_unlabelled_rows_count_toward_feature_drift() -> None:
+    """The newest days of a window still wait for their labels. Before, once 30 labels existed,
+    every unlabelled row was dropped before the feature test: a shift in them went unseen."""
+    import pandas as pd
+
+    spec = load_spec()
+    labelled = generate(1000, seed=2)
+    waiting = generate(
+        3000,
+        seed=3,
+        scenario=Scenario(kind="covariate", columns=("monthly_charges", "usage_hours")),
+    )
+    waiting[spec.target] = None
+    window = pd.concat([labelled, waiting], ignore_index=True)
+
+    result = detect_drift(spec, generate(3000, seed=1), window)
+
+    assert result.rows_current == len(window)
+    assert {c.column for c in result.columns if c.drifted} == {"monthly_charges", "usage_hours"}
+    # The label is still compared on the labelled rows only: no shift there.
+    assert result.target is not None
+    assert not result.target.drifted

@@ -233,3 +233,13 @@ def test_floor_applies_without_a_champion() -> None:
     verdict = judge(_evaluation(0.55, 0.6), None, GatePolicy(min_auc=0.6))
     assert not verdict.passed
     assert [g.name for g in verdict.gates] == ["min_auc"]
+
+
+def test_a_tie_is_not_promoted() -> None:
+    """Two forced runs in a row trained byte-identical models: a gain of +0.0000 met
+    ``min_auc_gain: 0`` and swapped the champion for its twin."""
+    same = _evaluation(0.80, 0.45)
+    verdict = judge(same, same, GatePolicy(min_auc=0.6))
+    assert not verdict.passed
+    assert [g.name for g in verdict.gates if not g.passed] == ["auc_gain"]
+    assert "gain over champion +0.0000 vs required more than +0.0000" in verdict.reason
