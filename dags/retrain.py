@@ -13,7 +13,8 @@ folder). Every day (or when triggered with params), for its model:
 4. **build_bento** of a challenger that passed, **containerize** it (an OCI image, when
    `DRIFTLOOP_CONTAINERIZE` is on; skipped otherwise), then **promote** it to champion.
 
-Every step records what it did in PostgreSQL (`drift_runs`, `training_runs`, `model_versions`).
+Every step records what it did in PostgreSQL (`drift_runs`, `training_runs`, `model_versions`); a
+step that fails marks the run `failed` (with the step and the error) and its candidate `rejected`.
 Params: `force` retrains whatever the drift check says (still gated); `window_days` sets the window.
 """
 
@@ -40,6 +41,25 @@ def _model_names() -> list[str]:
     return list(model_entries(get_settings()))
 
 
+def _record_failure(model: str) -> Any:
+    """The tasks' failure callback: the run ``failed`` in the store, its candidate rejected (else
+    the run would stay ``trained`` and its model a ``candidate`` forever)."""
+
+    def callback(context: Any) -> None:
+        from training.runs import record_failure
+
+        error = context.get("exception")
+        record_failure(
+            _settings(),
+            model,
+            str(context["run_id"]),
+            context["ti"].task_id,
+            f"{type(error).__name__}: {error}" if error is not None else "unknown error",
+        )
+
+    return callback
+
+
 def retrain_dag(model: str) -> Any:
     """The retrain DAG of one model."""
     from training.models import dag_id
@@ -54,6 +74,7 @@ def _retrain_dag(dag_id: str, model: str) -> Any:
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
         catchup=False,
         max_active_runs=1,
+        default_args={"on_failure_callback": _record_failure(model)},
         doc_md=__doc__,
         tags=["driftloop"],
         params={

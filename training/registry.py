@@ -31,11 +31,14 @@ __all__ = [
     "load_model",
     "model_spec",
     "promote",
+    "promotions",
     "record_deployment",
     "register",
     "reject",
+    "rollback_target",
     "save_model",
     "set_bento",
+    "versions",
 ]
 
 MODEL_FILE = "model.joblib"
@@ -147,11 +150,12 @@ class ModelVersion:
     training_run_id: int | None
     created_at: datetime
     promoted_at: datetime | None
+    retired_at: datetime | None = None
 
 
 _COLUMNS = (
     "model_name, version, tag, status, metrics, train_data_uri, bento_tag, training_run_id,"
-    " created_at, promoted_at"
+    " created_at, promoted_at, retired_at"
 )
 
 
@@ -209,22 +213,129 @@ def champion(conn: Connection, model_name: str) -> ModelVersion | None:
     return _row(row) if row else None
 
 
-def promote(conn: Connection, tag: str) -> ModelVersion:
-    """Make ``tag`` the champion and retire the previous one, in one transaction."""
+Action = Literal["retrain", "promote", "rollback"]
+
+
+@dataclass(frozen=True)
+class Promotion:
+    model_name: str
+    tag: str
+    previous_tag: str | None
+    action: str
+    by: str
+    reason: str
+    at: datetime
+
+
+def promote(
+    conn: Connection,
+    tag: str,
+    *,
+    by: str = "driftloop",
+    reason: str = "no reason given",
+    action: Action = "retrain",
+) -> ModelVersion:
+    """Make ``tag`` the champion and retire the previous one, in one transaction, recorded in
+    ``promotions`` with who (``by``) and why.
+
+    A ``candidate`` is promoted by a retrain (or ``driftloop train``); a ``retired`` version comes
+    back by ``driftloop promote`` or ``rollback``, and only with a Bento to serve.
+
+    Raises:
+        NotFoundError: no such version.
+        ValueError: it is rejected, already the champion, or a retired version without a Bento.
+    """
     version = get_version(conn, tag)
-    if version.status not in ("candidate", "champion", "retired"):
-        raise ValueError(f"model {tag} is {version.status}; only a candidate can be promoted")
+    if version.status == "champion":
+        raise ValueError(f"model {tag} is already the champion")
+    if version.status == "rejected":
+        raise ValueError(f"model {tag} was rejected (it failed its gates or its run failed)")
+    if version.status == "retired" and version.bento_tag is None:
+        raise ValueError(f"model {tag} has no Bento to serve")
     with conn.cursor() as cur:
+        # One promotion of a model at a time: the previous champion read here stays the one retired.
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (version.model_name,))
+        before = champion(conn, version.model_name)
         cur.execute(
-            "UPDATE model_versions SET status = 'retired'"
+            "UPDATE model_versions SET status = 'retired', retired_at = now()"
             " WHERE model_name = %s AND status = 'champion' AND tag <> %s",
             (version.model_name, tag),
         )
         cur.execute(
-            "UPDATE model_versions SET status = 'champion', promoted_at = now() WHERE tag = %s",
+            "UPDATE model_versions SET status = 'champion', promoted_at = now(), retired_at = NULL"
+            " WHERE tag = %s",
             (tag,),
         )
+        cur.execute(
+            "INSERT INTO promotions (model_name, tag, previous_tag, action, by, reason)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (version.model_name, tag, before.tag if before else None, action, by, reason),
+        )
     return get_version(conn, tag)
+
+
+def rollback_target(conn: Connection, model_name: str) -> ModelVersion:
+    """The champion before the current one: the version the current champion replaced when it
+    was promoted (its promotions by rollback skipped, so that rolling back twice walks further
+    back instead of undoing the first rollback).
+
+    Raises:
+        NotFoundError: no champion, or nothing it replaced that can still serve.
+    """
+    current = champion(conn, model_name)
+    if current is None:
+        raise NotFoundError(f"model {model_name!r} has no champion to roll back")
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT previous_tag, action FROM promotions WHERE tag = %s ORDER BY at DESC, id DESC",
+            (current.tag,),
+        )
+        recorded = cur.fetchall()
+        row: tuple[Any, ...] | None = None
+        forward = [previous for previous, action in recorded if action != "rollback"]
+        if forward:
+            row = (forward[0],) if forward[0] is not None else None
+        elif not recorded:
+            # Promoted before promotions were recorded: the one retired last before it.
+            cur.execute(
+                "SELECT tag FROM model_versions WHERE model_name = %s AND status = 'retired'"
+                " AND bento_tag IS NOT NULL AND promoted_at < %s"
+                " ORDER BY promoted_at DESC LIMIT 1",
+                (model_name, current.promoted_at),
+            )
+            row = cur.fetchone()
+    if row is None:
+        raise NotFoundError(f"{current.tag} replaced no earlier champion: nothing to roll back to")
+    target = get_version(conn, row[0])
+    if target.status != "retired" or target.bento_tag is None:
+        raise NotFoundError(
+            f"{current.tag} replaced {target.tag}, which is {target.status}"
+            + ("" if target.bento_tag else " and has no Bento")
+            + ": promote another one by hand (`driftloop promote <tag>`)"
+        )
+    return target
+
+
+def promotions(conn: Connection, model_name: str, limit: int = 20) -> list[Promotion]:
+    """The model's latest promotions, newest first."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT model_name, tag, previous_tag, action, by, reason, at FROM promotions"
+            " WHERE model_name = %s ORDER BY at DESC, id DESC LIMIT %s",
+            (model_name, limit),
+        )
+        return [Promotion(*row) for row in cur.fetchall()]
+
+
+def versions(conn: Connection, model_name: str) -> list[ModelVersion]:
+    """Every version of a model, newest first."""
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT {_COLUMNS} FROM model_versions"  # noqa: S608 - column list is a constant
+            " WHERE model_name = %s ORDER BY version DESC",
+            (model_name,),
+        )
+        return [_row(row) for row in cur.fetchall()]
 
 
 def reject(conn: Connection, tag: str) -> ModelVersion:

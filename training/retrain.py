@@ -16,6 +16,7 @@ from typing import Any, Literal
 from training import registry
 from training.artifacts import open_store
 from training.bento import build_bento
+from training.decision import LiveCheck, decide, judgeable
 from training.drift import detect_drift
 from training.evaluate import Evaluation, evaluate, judge
 from training.extract import extract_window
@@ -101,69 +102,52 @@ def check_drift(
     """
     spec = _spec(settings, model)
     window = read_frame(settings, extracted["dataset_uri"])
-    labelled = window[window[spec.target].notna()]
+    labelled = window[window[spec.target].notna()].copy()
+    labelled[spec.target] = labelled[spec.target].astype("int64")
     url = ensure_database(settings)
     with connect(url) as conn:
         champ = registry.champion(conn, spec.name)
 
-    reasons: list[str] = []
     drift = None
+    live: LiveCheck | None = None
     performance: dict[str, Any] = {}
     report_uri = None
-    if champ is None:
-        reasons.append("no champion yet")
-    elif window.empty:
-        pass
-    else:
-        reference = read_frame(settings, champ.train_data_uri)
+    reference = read_frame(settings, champ.train_data_uri) if champ is not None else None
+    if champ is not None and reference is not None and not window.empty:
         with tempfile.TemporaryDirectory() as tmp:
             report = Path(tmp) / "drift_report.html"
             drift = detect_drift(spec, reference, window, report)
             report_uri = open_store(settings).put(
                 report, f"runs/{spec.name}/{safe_key(run_key)}/drift_report.html"
             )
-        if drift.drifted:
-            top = ", ".join(c.column for c in drift.most_drifted() if c.drifted)
-            reasons.append(
-                f"feature drift in {drift.drift_share:.0%} of columns (>= "
-                f"{spec.drift.share_threshold:.0%}): {top}"
-            )
-        if drift.target is not None and drift.target.drifted:
-            reasons.append(
-                f"label distribution moved ({drift.target.method} {drift.target.score:.3f})"
-            )
         unseen = labelled[~labelled["request_id"].astype(str).isin(known_ids(reference))]
         if unseen[spec.target].nunique() == 2:
             pipeline, _ = registry.load_model(champ.tag)
             recent = evaluate(pipeline, spec, unseen)
-            baseline = float(champ.metrics.get("roc_auc", recent.roc_auc))
-            drop = baseline - recent.roc_auc
+            live = LiveCheck(
+                baseline_auc=float(champ.metrics.get("roc_auc", recent.roc_auc)),
+                recent_auc=recent.roc_auc,
+            )
             performance = {
-                "baseline_auc": baseline,
-                "recent_auc": recent.roc_auc,
-                "drop": drop,
+                "baseline_auc": live.baseline_auc,
+                "recent_auc": live.recent_auc,
+                "drop": live.drop,
             }
-            if drop > spec.drift.max_performance_drop:
-                reasons.append(
-                    f"champion ROC AUC fell {drop:.3f} (from {baseline:.3f} to {recent.roc_auc:.3f})"
-                )
-
-    decision: Literal["retrain", "skip"]
-    if len(labelled) < spec.gates.min_labelled_rows:
-        decision = "skip"
-        reason = (
-            f"too few labelled rows: {len(labelled)} in the window, "
-            f"{spec.gates.min_labelled_rows} needed"
+    unjudgeable = None
+    if len(labelled) >= spec.gates.min_labelled_rows:
+        unjudgeable = judgeable(
+            split_for_challenger(spec, labelled, reference).holdout, spec.target
         )
-    elif force:
-        decision, reason = (
-            "retrain",
-            "forced by the run's params" + (f" ({'; '.join(reasons)})" if reasons else ""),
-        )
-    elif reasons:
-        decision, reason = "retrain", "; ".join(reasons)
-    else:
-        decision, reason = "skip", "no drift and the champion holds its accuracy"
+    verdict = decide(
+        spec,
+        labelled_rows=len(labelled),
+        has_champion=champ is not None,
+        drift=drift,
+        live=live,
+        unjudgeable=unjudgeable,
+        force=force,
+    )
+    decision, reason = verdict.decision, verdict.reason
 
     with connect(url) as conn, conn.cursor() as cur:
         cur.execute(
@@ -389,7 +373,12 @@ def promote(settings: Settings, model: str, run_key: str, built: dict[str, Any])
     url = ensure_database(settings)
     with connect(url) as conn:
         before = registry.champion(conn, model)
-        promoted = registry.promote(conn, built["challenger_tag"])
+        promoted = registry.promote(
+            conn,
+            built["challenger_tag"],
+            by=f"run {run_key}",
+            reason=f"passed its gates against {before.tag if before else 'no champion'}",
+        )
     record_training_run(
         settings,
         model,

@@ -15,7 +15,7 @@ from training.postgres import ensure_database
 from training.settings import Settings
 from training.store import connect
 
-__all__ = ["read_frame", "record_training_run", "safe_key", "upload_frame"]
+__all__ = ["read_frame", "record_failure", "record_training_run", "safe_key", "upload_frame"]
 
 
 def safe_key(run_key: str) -> str:
@@ -78,3 +78,33 @@ def record_training_run(
         row = cur.fetchone()
         assert row is not None
         return int(row[0])
+
+
+# A failure ends a run that has not ended yet (no row, or one still ``trained``); a run already
+# skipped, rejected or promoted keeps its outcome. Its candidate, if it has one, can never become
+# champion now: it is rejected.
+_FAIL_RUN = """
+INSERT INTO training_runs (model_name, run_key, status, reason, finished_at)
+VALUES (%(m)s, %(k)s, 'failed', %(r)s, now())
+ON CONFLICT (model_name, run_key) DO UPDATE
+    SET status = 'failed', reason = EXCLUDED.reason, finished_at = now()
+    WHERE training_runs.status = 'trained'
+RETURNING challenger_tag
+"""
+_REJECT_CANDIDATE = (
+    "UPDATE model_versions SET status = 'rejected' WHERE tag = %s AND status = 'candidate'"
+)
+
+
+def record_failure(settings: Settings, model: str, run_key: str, step: str, error: str) -> bool:
+    """Record that ``step`` of run ``run_key`` failed with ``error``: the run ``failed`` with its
+    finish time and reason, its candidate ``rejected``. False when the run had already ended."""
+    first_line = (error.strip().splitlines() or ["(no message)"])[0][:500]
+    with connect(ensure_database(settings)) as conn, conn.cursor() as cur:
+        cur.execute(_FAIL_RUN, {"m": model, "k": run_key, "r": f"{step} failed: {first_line}"})
+        row = cur.fetchone()
+        if row is None:
+            return False
+        if row[0] is not None:
+            cur.execute(_REJECT_CANDIDATE, (row[0],))
+        return True

@@ -37,6 +37,7 @@ __all__ = [
 # Any fixed number works; it only has to be the same in every process that migrates.
 _MIGRATION_LOCK = 727_001
 _TABLES = (
+    "promotions",
     "deployments",
     "model_versions",
     "training_runs",

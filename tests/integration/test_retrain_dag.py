@@ -138,7 +138,35 @@ def test_failed_gates_reject_the_challenger_and_keep_the_champion(
         "SELECT status, reason FROM training_runs WHERE run_key = %s", result.run_id
     )
     assert status == "rejected"
-    assert "vs required +0.5000" in reason
+    assert "vs required more than +0.5000" in reason
     versions = _query("SELECT tag, status, bento_tag FROM model_versions ORDER BY version")
     assert versions[0] == (champion["champion_tag"], "champion", champion["bento_tag"])
     assert versions[1][1:] == ("rejected", None)
+
+
+def test_a_failing_step_records_the_run_failed_and_rejects_its_candidate(
+    airflow: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real failure late in the run: containerize with the docker backend and no Docker daemon
+    (this machine has the client, not the daemon). Before the failure callback, the run stayed
+    ``trained`` without a finish time and its model a ``candidate`` forever."""
+    champion = _seed(Scenario(kind="mixed"))
+    monkeypatch.setenv("DRIFTLOOP_CONTAINERIZE", "true")
+    monkeypatch.setenv("DRIFTLOOP_IMAGE_BACKEND", "docker")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+
+    result = dag_test(airflow_env(get_settings()), {"window_days": 7, "force": False})
+
+    assert result.state == "failed", result.log[-4000:]
+    assert result.tasks["build_bento"] == "success"
+    assert result.tasks["containerize"] == "failed"
+    [(status, reason, finished)] = _query(
+        "SELECT status, reason, finished_at IS NOT NULL FROM training_runs WHERE run_key = %s",
+        result.run_id,
+    )
+    assert status == "failed"
+    assert reason.startswith("containerize failed: DriftloopError")
+    assert finished
+    versions = _query("SELECT tag, status FROM model_versions ORDER BY version")
+    assert versions[0] == (champion["champion_tag"], "champion")
+    assert versions[1][1] == "rejected"

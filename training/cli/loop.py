@@ -148,10 +148,13 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 # The demo's --reset forgets its own model only: other models of the deployment keep their data.
 _FORGET_MODEL = (
+    "DELETE FROM feedback_history WHERE request_id IN"
+    " (SELECT request_id FROM predictions WHERE model_name = %(m)s)",
     "DELETE FROM feedback WHERE request_id IN"
     " (SELECT request_id FROM predictions WHERE model_name = %(m)s)",
     "DELETE FROM predictions WHERE model_name = %(m)s",
     "DELETE FROM deployments WHERE model_name = %(m)s",
+    "DELETE FROM promotions WHERE model_name = %(m)s",
     "DELETE FROM model_versions WHERE model_name = %(m)s",
     "DELETE FROM training_runs WHERE model_name = %(m)s",
     "DELETE FROM drift_runs WHERE model_name = %(m)s",

@@ -1,11 +1,12 @@
-"""Model commands: list the deployment's models, and train a champion from a table."""
+"""Model commands: the deployment's models and their versions, training a champion from a table,
+and choosing the champion by hand (promote, rollback)."""
 
 from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from training.cli.common import Progress, add_model_argument, store
 from training.settings import Settings
@@ -20,6 +21,13 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
     entries = model_entries(settings)
     url = store(settings)
+    if args.model is not None:
+        if args.model not in entries:
+            raise ValueError(f"--model {args.model}: no such model (models: {', '.join(entries)})")
+        with connect(url) as conn:
+            _print_versions(registry.versions(conn, args.model))
+            _print_promotions(registry.promotions(conn, args.model))
+        return 0
     with connect(url) as conn:
         champions = {name: registry.champion(conn, name) for name in entries}
     print(f"{'model':<20} {'champion':<12} {'retrain DAG':<40} spec")
@@ -27,7 +35,80 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         champ = champions[name]
         current = f"v{champ.version}" if champ else "none"
         print(f"{name:<20} {current:<12} {dag_id(name):<40} {entry.path}")
+    print("\nversions of one model: driftloop models --model NAME")
     return 0
+
+
+def _when(at: datetime | None) -> str:
+    return f"{at:%Y-%m-%d %H:%M}" if at else "-"
+
+
+def _print_versions(versions: list[Any]) -> None:
+    print(f"{'version':<9} {'status':<10} {'ROC AUC':>8}  {'promoted':<17} {'retired':<17} Bento")
+    for v in versions:
+        auc = v.metrics.get("roc_auc")
+        print(
+            f"v{v.version:<8} {v.status:<10} {f'{auc:.4f}' if auc is not None else '-':>8}  "
+            f"{_when(v.promoted_at):<17} {_when(v.retired_at):<17} {v.bento_tag or '-'}"
+        )
+
+
+def _print_promotions(promotions: list[Any]) -> None:
+    if not promotions:
+        return
+    print("\npromotions (newest first)")
+    for p in promotions:
+        previous = f" (replacing {p.previous_tag})" if p.previous_tag else ""
+        print(f"  {_when(p.at)}  {p.action:<8} {p.tag}{previous} by {p.by}: {p.reason}")
+
+
+def _who(command: str) -> str:
+    import getpass
+
+    try:
+        return f"{getpass.getuser()} (driftloop {command})"
+    except (KeyError, OSError):  # no name for this uid (a container's user)
+        return f"driftloop {command}"
+
+
+def _promote(
+    settings: Settings, tag: str, action: Literal["promote", "rollback"], reason: str
+) -> int:
+    from training import registry
+    from training.store import connect
+
+    with connect(store(settings)) as conn:
+        before = registry.champion(conn, registry.get_version(conn, tag).model_name)
+        promoted = registry.promote(conn, tag, by=_who(action), reason=reason, action=action)
+    print(
+        f"champion of {promoted.model_name}: v{promoted.version} ({promoted.tag}, Bento "
+        f"{promoted.bento_tag}), replacing {before.tag if before else 'no champion'}"
+    )
+    print(
+        f"a running server keeps its model until restarted: driftloop serve --model "
+        f"{promoted.model_name} serves this one"
+    )
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    tag = args.tag if ":" in args.tag else None
+    if tag is None:
+        raise ValueError(
+            f"TAG must be <model>:<version tag> (see driftloop models --model), got {args.tag!r}"
+        )
+    return _promote(settings, tag, "promote", args.reason)
+
+
+def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from training import registry
+    from training.models import select_spec
+    from training.store import connect
+
+    name = select_spec(settings, args.model).name
+    with connect(store(settings)) as conn:
+        target = registry.rollback_target(conn, name)
+    return _promote(settings, target.tag, "rollback", args.reason)
 
 
 def _spec_for(args: argparse.Namespace, settings: Settings) -> Any:
@@ -88,8 +169,32 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    models = sub.add_parser("models", help="the deployment's models, their champions and DAGs")
+    models = sub.add_parser(
+        "models",
+        help="the deployment's models, their champions and DAGs; with --model, its versions",
+    )
+    models.add_argument("--model", metavar="NAME", help="list this model's versions and promotions")
     models.set_defaults(func=cmd_models)
+
+    promote = sub.add_parser(
+        "promote",
+        help="make a model version the champion by hand (recorded with who and why)",
+        description="Make TAG (a candidate, or a retired version with a Bento) the champion; the "
+        "current champion retires. Recorded in the promotions log with your user name and --reason.",
+    )
+    promote.add_argument("tag", metavar="TAG", help="the version's tag, <model>:<version tag>")
+    promote.add_argument("--reason", required=True, help="why, for the promotions log")
+    promote.set_defaults(func=cmd_promote)
+
+    rollback = sub.add_parser(
+        "rollback",
+        help="make the previous champion the champion again (recorded with who and why)",
+        description="The champion goes back to the version it replaced (a rollback's own "
+        "promotions are skipped, so a second rollback goes further back).",
+    )
+    add_model_argument(rollback)
+    rollback.add_argument("--reason", required=True, help="why, for the promotions log")
+    rollback.set_defaults(func=cmd_rollback)
 
     train = sub.add_parser(
         "train",
