@@ -486,3 +486,19 @@ def test_the_client_installs_with_pip_and_calls_the_service(
     answer = json.loads(run.stdout)
     assert Path(answer["file"]).is_relative_to(target), answer
     assert answer["version"] == served.version
+
+
+def test_the_image_exposes_the_grpc_port(champion: tuple[Champion, dict[str, str]]) -> None:
+    """The Dockerfile ``bentoml containerize`` makes for the champion's Bento (rendered here as it
+    renders it) exposes the default gRPC port beside HTTP's: BentoML's template exposes 3001 (the
+    port it keeps for its own gRPC metrics, unused by ``bentoml serve``), the port driftloop's
+    gRPC API takes by default."""
+    import bentoml
+    from _bentoml_impl.docker import generate_dockerfile
+
+    from training.settings import Settings
+
+    bento = bentoml.bentos.get(champion[0].bento_tag)
+    dockerfile = generate_dockerfile(bento.info.image, Path(bento.path))
+    exposed = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("EXPOSE ")}
+    assert {"3000", str(Settings().grpc_port)} <= exposed, exposed
