@@ -79,14 +79,15 @@ def secured(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The ``driftloop_client`` package, installed from (a copy of) ``clients/python`` into a
     folder of its own (offline, with this interpreter's setuptools) and imported from there."""
-    uv = shutil.which("uv")
-    assert uv, "uv is needed to install clients/python (make setup installs it)"
+    # uv from PATH, else the one `make setup` installs into the system's Python (as the Makefile).
+    found = shutil.which("uv")
+    uv = [found] if found else ["python3", "-m", "uv"]
     target = tmp_path_factory.mktemp("client-install")
     # A copy: setuptools builds in the project's folder (build/, *.egg-info).
     project = shutil.copytree(CLIENT_PROJECT, tmp_path_factory.mktemp("client-project") / "python")
     install = subprocess.run(
         [
-            uv,
+            *uv,
             "pip",
             "install",
             "--quiet",
