@@ -502,3 +502,33 @@ def test_the_image_exposes_the_grpc_port(champion: tuple[Champion, dict[str, str
     dockerfile = generate_dockerfile(bento.info.image, Path(bento.path))
     exposed = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("EXPOSE ")}
     assert {"3000", str(Settings().grpc_port)} <= exposed, exposed
+
+
+def test_http_and_grpc_spend_one_bucket(served: GrpcServed) -> None:
+    """A key's rate limit is one token bucket per worker whatever the transport: with a burst of
+    2, one HTTP request and one gRPC call spend it, and the next call (either way) is refused."""
+    time.sleep(1.1)  # the "slow" key's bucket (2 per second, 2 at once) is full again
+    over_http = httpx.post(
+        f"{served.url}/predict",
+        json=EXAMPLE,
+        headers={"authorization": f"Bearer {served.tokens['slow']}"},
+        timeout=30,
+    )
+    assert over_http.status_code == 200, over_http.text
+    with served.client("slow") as client:
+        client.predict(EXAMPLE)
+        with pytest.raises(CallError) as limited:
+            client.predict(EXAMPLE)
+    assert _code(limited) == "RESOURCE_EXHAUSTED"
+
+
+def test_the_readmes_grpc_example_runs(served: GrpcServed) -> None:
+    """The README's gRPC example, run as written against the server (its address swapped in)."""
+    readme = (CLIENT_PROJECT.parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Calling it over gRPC") :]
+    example = section[section.index("```python\n") + len("```python\n") :]
+    example = example[: example.index("```")]
+    assert "127.0.0.1:3001" in example
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DRIFTLOOP_KEY", served.tokens["both"])
+        exec(compile(example.replace("127.0.0.1:3001", served.target), "README.md", "exec"), {})
