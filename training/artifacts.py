@@ -2,6 +2,10 @@
 
 Artifacts hold every window's features and labels: a local store's folders are made 0700 and its
 files 0600, readable by their owner only (S3 keeps its own access control).
+
+S3 calls retry transient failures (connection errors, throttling, 5xx) with exponential backoff
+(botocore's ``standard`` mode, 5 attempts); what still fails raises :class:`ArtifactStoreError`, one
+line naming the artifact's URI and the cause, so a failed task's log says which store was down.
 """
 
 from __future__ import annotations
@@ -10,10 +14,15 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from training.errors import DriftloopError
 from training.private_files import copy_private, private_dirs, private_home
 from training.settings import Settings
 
-__all__ = ["ArtifactStore", "LocalStore", "S3Store", "open_store"]
+__all__ = ["ArtifactStore", "ArtifactStoreError", "LocalStore", "S3Store", "open_store"]
+
+
+class ArtifactStoreError(DriftloopError):
+    """The artifact store could not be read or written (after the client's own retries)."""
 
 
 class ArtifactStore(Protocol):
@@ -51,6 +60,7 @@ class LocalStore:
 class S3Store:
     def __init__(self, root: str, endpoint_url: str | None = None) -> None:
         import boto3
+        from botocore.config import Config
 
         parts = urlsplit(root)
         if not parts.netloc:
@@ -60,19 +70,44 @@ class S3Store:
         self.root = root.rstrip("/")
         self.bucket = parts.netloc
         self.prefix = parts.path.strip("/")
-        self._client = boto3.client("s3", endpoint_url=endpoint_url)
+        self._client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            config=Config(
+                retries={"max_attempts": 5, "mode": "standard"},
+                connect_timeout=10,
+                read_timeout=120,
+            ),
+        )
+        self._endpoint = f" at {endpoint_url}" if endpoint_url else ""
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _failed(self, verb: str, uri: str, exc: Exception) -> ArtifactStoreError:
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        return ArtifactStoreError(f"artifact store{self._endpoint}: cannot {verb} {uri}: {cause}")
+
     def put(self, local: Path, key: str) -> str:
-        self._client.upload_file(str(local), self.bucket, self._key(key))
-        return f"s3://{self.bucket}/{self._key(key)}"
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        uri = f"s3://{self.bucket}/{self._key(key)}"
+        try:
+            self._client.upload_file(str(local), self.bucket, self._key(key))
+        except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
+            raise self._failed("write", uri, exc) from exc
+        return uri
 
     def fetch(self, uri: str, local: Path) -> Path:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         parts = urlsplit(uri)
         local.parent.mkdir(parents=True, exist_ok=True)
-        self._client.download_file(parts.netloc, parts.path.lstrip("/"), str(local))
+        try:
+            self._client.download_file(parts.netloc, parts.path.lstrip("/"), str(local))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._failed("read", uri, exc) from exc
         return local
 
 

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import joblib
+import pandas as pd
 import yaml
 from pydantic import ValidationError
 from sklearn.pipeline import Pipeline
 
 from training.errors import NotFoundError
+from training.lineage import Lineage, capture
 from training.spec import ModelSpec
 from training.store import Connection
 
@@ -40,6 +42,7 @@ __all__ = [
     "rollback_target",
     "save_model",
     "set_bento",
+    "set_bento_uri",
     "versions",
 ]
 
@@ -77,14 +80,22 @@ def save_model(
     *,
     metrics: dict[str, float],
     train_data_uri: str,
+    training_set: pd.DataFrame | None = None,
 ) -> str:
-    """Save a fitted pipeline and its spec to BentoML's model store; return the model tag."""
+    """Save a fitted pipeline and its spec to BentoML's model store; return the model tag.
+
+    With ``training_set`` (the rows it was fitted on), the model's :class:`~training.lineage.Lineage`
+    goes into its metadata (and so into its Bento), from where :func:`register` records it.
+    """
     import bentoml
 
+    meta: dict[str, Any] = {"metrics": metrics, "train_data_uri": train_data_uri}
+    if training_set is not None:
+        meta["lineage"] = capture(training_set, spec.time_column).as_dict()
     with bentoml.models.create(
         spec.name,
         labels={"family": spec.model.family, "owner": "driftloop"},
-        metadata={"metrics": metrics, "train_data_uri": train_data_uri},
+        metadata=meta,
     ) as model:
         with _plain_pickle():
             joblib.dump(pipeline, model.path_of(MODEL_FILE))
@@ -153,11 +164,20 @@ class ModelVersion:
     created_at: datetime
     promoted_at: datetime | None
     retired_at: datetime | None = None
+    data_start: datetime | None = None
+    data_end: datetime | None = None
+    data_sha256: str | None = None
+    data_rows: int | None = None
+    code_revision: str | None = None
+    packages: dict[str, str] | None = None
+    # The Bento exported to the artifact store (training.bento.publish_bento).
+    bento_uri: str | None = None
 
 
 _COLUMNS = (
     "model_name, version, tag, status, metrics, train_data_uri, bento_tag, training_run_id,"
-    " created_at, promoted_at, retired_at"
+    " created_at, promoted_at, retired_at, data_start, data_end, data_sha256, data_rows,"
+    " code_revision, packages, bento_uri"
 )
 
 
@@ -173,16 +193,23 @@ def register(
     metrics: dict[str, Any],
     train_data_uri: str,
     training_run_id: int | None = None,
+    lineage: Lineage | None = None,
 ) -> ModelVersion:
-    """Add a model as ``candidate`` with the next version number (idempotent on ``tag``)."""
+    """Add a model as ``candidate`` with the next version number (idempotent on ``tag``).
+
+    Its lineage is ``lineage``, else the one :func:`save_model` kept in the model's metadata.
+    """
+    found = lineage or _saved_lineage(tag)
     with conn.cursor() as cur:
         # Serialise numbering per model so two concurrent registrations cannot take one number.
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (model_name,))
         cur.execute(
             "INSERT INTO model_versions"
-            " (model_name, version, tag, status, metrics, train_data_uri, training_run_id)"
+            " (model_name, version, tag, status, metrics, train_data_uri, training_run_id,"
+            " data_start, data_end, data_sha256, data_rows, code_revision, packages)"
             " SELECT %(name)s, COALESCE(MAX(version), 0) + 1, %(tag)s, 'candidate', %(metrics)s,"
-            " %(uri)s, %(run)s FROM model_versions WHERE model_name = %(name)s"
+            " %(uri)s, %(run)s, %(start)s, %(end)s, %(sha)s, %(rows)s, %(rev)s, %(packages)s"
+            " FROM model_versions WHERE model_name = %(name)s"
             " ON CONFLICT (tag) DO NOTHING",
             {
                 "name": model_name,
@@ -190,9 +217,23 @@ def register(
                 "metrics": json.dumps(metrics),
                 "uri": train_data_uri,
                 "run": training_run_id,
+                "start": found.data_start if found else None,
+                "end": found.data_end if found else None,
+                "sha": found.data_sha256 if found else None,
+                "rows": found.data_rows if found else None,
+                "rev": found.code_revision if found else None,
+                "packages": json.dumps(found.packages) if found else None,
             },
         )
     return get_version(conn, tag)
+
+
+def _saved_lineage(tag: str) -> Lineage | None:
+    try:
+        raw = _stored_model(tag).info.metadata.get("lineage")
+    except NotFoundError:
+        return None
+    return Lineage.from_dict(raw) if isinstance(raw, dict) else None
 
 
 def get_version(conn: Connection, tag: str) -> ModelVersion:
@@ -202,6 +243,18 @@ def get_version(conn: Connection, tag: str) -> ModelVersion:
     if row is None:
         raise NotFoundError(f"model {tag} is not in the registry")
     return _row(row)
+
+
+def by_bento(conn: Connection, bento_tag: str) -> ModelVersion | None:
+    """The model version a Bento was built for, if the registry knows the Bento."""
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT {_COLUMNS} FROM model_versions WHERE bento_tag = %s"  # noqa: S608
+            " ORDER BY version DESC LIMIT 1",
+            (bento_tag,),
+        )
+        row = cur.fetchone()
+    return _row(row) if row else None
 
 
 def champion(conn: Connection, model_name: str) -> ModelVersion | None:
@@ -352,6 +405,11 @@ def reject(conn: Connection, tag: str) -> ModelVersion:
 def set_bento(conn: Connection, tag: str, bento_tag: str) -> None:
     with conn.cursor() as cur:
         cur.execute("UPDATE model_versions SET bento_tag = %s WHERE tag = %s", (bento_tag, tag))
+
+
+def set_bento_uri(conn: Connection, tag: str, bento_uri: str) -> None:
+    with conn.cursor() as cur:
+        cur.execute("UPDATE model_versions SET bento_uri = %s WHERE tag = %s", (bento_uri, tag))
 
 
 def record_deployment(

@@ -26,6 +26,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
             raise ValueError(f"--model {args.model}: no such model (models: {', '.join(entries)})")
         with connect(url) as conn:
             _print_versions(registry.versions(conn, args.model))
+            _print_lineage(registry.versions(conn, args.model))
             _print_promotions(registry.promotions(conn, args.model))
         return 0
     with connect(url) as conn:
@@ -51,6 +52,22 @@ def _print_versions(versions: list[Any]) -> None:
             f"v{v.version:<8} {v.status:<10} {f'{auc:.4f}' if auc is not None else '-':>8}  "
             f"{_when(v.promoted_at):<17} {_when(v.retired_at):<17} {v.bento_tag or '-'}"
         )
+
+
+def _print_lineage(versions: list[Any]) -> None:
+    """What each version was made from (recorded at training; none before lineage was kept)."""
+    known = [v for v in versions if v.data_sha256]
+    if not known:
+        return
+    print("\nlineage (training rows' time span, their sha256, code, packages; export)")
+    for v in known:
+        span = f"{_when(v.data_start)} .. {_when(v.data_end)}" if v.data_start else "no time column"
+        print(f"  v{v.version:<6} {span}  {v.data_rows} rows  sha256 {v.data_sha256[:16]}")
+        print(f"  {'':<7} code {v.code_revision}")
+        packages = " ".join(f"{n}=={p}" for n, p in sorted((v.packages or {}).items()))
+        print(f"  {'':<7} {packages}")
+        if v.bento_uri:
+            print(f"  {'':<7} Bento export {v.bento_uri}")
 
 
 def _print_promotions(promotions: list[Any]) -> None:
