@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg2
 from starlette.responses import JSONResponse
 
+# The module, not its names: bentoml.load(..., reload=True) remakes the schemas for another model.
+from bentos import schemas
 from bentos.metrics import series
-from bentos.schemas import FeedbackItemReceipt, FeedbackRequest, label_spelling
 
 if TYPE_CHECKING:
     from bentos.prediction_log import PredictionLog
+    from bentos.schemas import FeedbackItemReceipt, FeedbackRequest
     from training.settings import Settings
 
 __all__ = ["FEEDBACK_WAIT_S", "FeedbackDesk", "StoreDown", "store_down"]
@@ -118,13 +120,13 @@ class FeedbackDesk:
                             conn,
                             item.request_id,
                             item.outcome,
-                            raw_label=label_spelling(item.label),
+                            raw_label=schemas.label_spelling(item.label),
                             key_id=key_id,
                         ).status
                     except NotFoundError:
                         status = "not_found"
                     receipts.append(
-                        FeedbackItemReceipt(
+                        schemas.FeedbackItemReceipt(
                             request_id=item.request_id, label=item.outcome, status=status
                         )
                     )

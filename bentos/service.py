@@ -19,11 +19,19 @@ limit, validation with the input models declared here), so every API route keeps
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
 import bentoml
 from starlette.responses import JSONResponse
+
+from bentos import schemas as _schemas
+
+# `bentoml.load(..., reload=True)` re-imports this module only; its schemas are made from the
+# Bento's arguments (which model it serves), so they are made again when those have changed.
+if bentoml.use_arguments(_schemas.BuildArgs) != _schemas.ARGS:
+    importlib.reload(_schemas)
 
 from bentos.feedback import FeedbackDesk, StoreDown, store_down
 from bentos.schemas import (
