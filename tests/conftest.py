@@ -39,7 +39,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return  # test_image.py skips (or fails under CI) with the reason
 
     def prepare() -> None:
-        from training.container import ensure_local_base
+        from training.release import ensure_local_base
         from training.settings import Settings
 
         # Errors surface again, with their message, when the image tests ask for the base.

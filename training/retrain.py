@@ -1,42 +1,51 @@
 """The retraining loop's steps. Each is one transaction-like unit that the DAG calls from one task.
 
-Steps take and return small JSON values (URIs, tags, ids, verdicts) so Airflow's XCom carries
-references, never data. Every step records what it did in PostgreSQL.
+A task builds one :class:`StepContext` (settings, spec, the store's URL after migrations) and calls
+its step, which takes and returns the small frozen dataclasses of :mod:`training.steps` (URIs,
+tags, ids, verdicts): Airflow's XCom carries references, never data. Every step records what it
+did through :mod:`training.runs`, and every step can run again for the same run key (a cleared
+task) without adding a second record, model or Bento.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
 
 from training import registry
 from training.artifacts import open_store
-from training.bento import build_bento
+from training.bento import build_bento, publish_bento
 from training.decision import LiveCheck, decide, judgeable
 from training.drift import detect_drift
-from training.evaluate import Evaluation, evaluate, judge
+from training.errors import NotFoundError
+from training.evaluate import Evaluation, evaluate, judge, score
 from training.extract import extract_window
 from training.models import select_spec
 from training.postgres import ensure_database
-from training.runs import read_frame, record_training_run, safe_key, upload_frame
+from training.runs import (
+    close_stale_runs,
+    read_frame,
+    record_drift_run,
+    record_training_run,
+    recorded_challenger,
+    reopen_candidate,
+    safe_key,
+    upload_frame,
+)
 from training.settings import Settings
 from training.spec import ModelSpec
+from training.steps import Built, Decision, Extracted, Promotion, Skipped, Trained, Validation
 from training.store import connect
 from training.train import fit
 from training.trainset import known_ids, split_for_challenger
 
 __all__ = [
-    "Decision",
-    "Extracted",
-    "Promotion",
-    "Trained",
-    "Validation",
+    "StepContext",
     "build_challenger_bento",
     "check_drift",
+    "containerize_bento",
     "extract",
     "promote",
     "record_skip",
@@ -45,84 +54,86 @@ __all__ = [
 ]
 
 
-def _spec(settings: Settings, model: str | None) -> ModelSpec:
-    return select_spec(settings, model)
-
-
 @dataclass(frozen=True)
-class Extracted:
-    dataset_uri: str
-    window_start: str
-    window_end: str
-    rows: int
-    labelled_rows: int
+class StepContext:
+    """What every step of one run needs, built once per task: the settings, the model's spec, the
+    store's URL (migrations applied) and the run's key (Airflow's run id)."""
+
+    settings: Settings
+    spec: ModelSpec
+    url: str
+    run_key: str
+
+    @classmethod
+    def build(cls, settings: Settings, model: str | None, run_key: str) -> StepContext:
+        return cls(settings, select_spec(settings, model), ensure_database(settings), run_key)
+
+    @property
+    def model(self) -> str:
+        return self.spec.name
+
+    @property
+    def prefix(self) -> str:
+        """Where this run's files go in the artifact store (the same on every re-run)."""
+        return f"runs/{self.spec.name}/{safe_key(self.run_key)}"
 
 
-def extract(
-    settings: Settings, model: str, run_key: str, window_end: datetime, window_days: float
-) -> dict[str, Any]:
-    """Copy the window ``[window_end - window_days, window_end)`` out of the store into Parquet."""
+def extract(ctx: StepContext, window_end: datetime, window_days: float) -> Extracted:
+    """Copy the window ``[window_end - window_days, window_end)`` out of the store into Parquet.
+
+    The run's first step also closes the model's training runs a crash left open for longer than
+    ``retrain_timeout_hours`` (failed, candidates rejected), so they never hold the schedule back.
+    """
     if window_days <= 0:
         raise ValueError(f"window_days must be positive, got {window_days}")
-    spec = _spec(settings, model)
+    close_stale_runs(
+        ctx.url,
+        ctx.model,
+        older_than=timedelta(hours=ctx.settings.retrain_timeout_hours),
+        by=ctx.run_key,
+    )
+    spec = ctx.spec
     start = window_end - timedelta(days=window_days)
-    url = ensure_database(settings)
-    with connect(url) as conn:
+    with connect(ctx.url) as conn:
         frame = extract_window(conn, spec, start, window_end)
-    uri = upload_frame(settings, frame, f"runs/{spec.name}/{safe_key(run_key)}/window.parquet")
-    return asdict(
-        Extracted(
-            dataset_uri=uri,
-            window_start=start.isoformat(),
-            window_end=window_end.isoformat(),
-            rows=len(frame),
-            labelled_rows=int(frame[spec.target].notna().sum()),
-        )
+    uri = upload_frame(ctx.settings, frame, f"{ctx.prefix}/window.parquet")
+    return Extracted(
+        dataset_uri=uri,
+        window_start=start.isoformat(),
+        window_end=window_end.isoformat(),
+        rows=len(frame),
+        labelled_rows=int(frame[spec.target].notna().sum()),
     )
 
 
-@dataclass(frozen=True)
-class Decision:
-    drift_run_id: int
-    decision: Literal["retrain", "skip"]
-    reason: str
-    drift_share: float | None
-    most_drifted: list[str]
-    report_uri: str | None
-    champion_tag: str | None
-
-
-def check_drift(
-    settings: Settings, model: str, run_key: str, extracted: dict[str, Any], force: bool = False
-) -> dict[str, Any]:
+def check_drift(ctx: StepContext, extracted: Extracted, force: bool = False) -> Decision:
     """Drift of the window against the champion's training data, the champion's recent accuracy,
     and the decision to retrain or skip (with its reason), recorded in ``drift_runs``.
 
     The champion's accuracy is measured only on labelled rows it did not train on.
     """
-    spec = _spec(settings, model)
-    window = read_frame(settings, extracted["dataset_uri"])
+    spec, settings = ctx.spec, ctx.settings
+    window = read_frame(settings, extracted.dataset_uri)
     labelled = window[window[spec.target].notna()].copy()
     labelled[spec.target] = labelled[spec.target].astype("int64")
-    url = ensure_database(settings)
-    with connect(url) as conn:
+    with connect(ctx.url) as conn:
         champ = registry.champion(conn, spec.name)
 
     drift = None
     live: LiveCheck | None = None
-    performance: dict[str, Any] = {}
+    performance: dict[str, float] = {}
     report_uri = None
     reference = read_frame(settings, champ.train_data_uri) if champ is not None else None
     if champ is not None and reference is not None and not window.empty:
+        pipeline, _ = registry.load_model(champ.tag)
         with tempfile.TemporaryDirectory() as tmp:
             report = Path(tmp) / "drift_report.html"
-            drift = detect_drift(spec, reference, window, report)
-            report_uri = open_store(settings).put(
-                report, f"runs/{spec.name}/{safe_key(run_key)}/drift_report.html"
+            drift = detect_drift(
+                spec, reference, window, report, score=lambda f: score(pipeline, spec, f)
             )
+            report_uri = open_store(settings).put(report, f"{ctx.prefix}/drift_report.html")
         unseen = labelled[~labelled["request_id"].astype(str).isin(known_ids(reference))]
         if unseen[spec.target].nunique() == 2:
-            pipeline, _ = registry.load_model(champ.tag)
             recent = evaluate(pipeline, spec, unseen)
             live = LiveCheck(
                 baseline_auc=float(champ.metrics.get("roc_auc", recent.roc_auc)),
@@ -147,161 +158,134 @@ def check_drift(
         unjudgeable=unjudgeable,
         force=force,
     )
-    decision, reason = verdict.decision, verdict.reason
-
-    with connect(url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "INSERT INTO drift_runs (model_name, run_key, window_start, window_end, champion_tag,"
-            " rows, labelled_rows, drift_share, drifted, columns, performance, dataset_uri,"
-            " report_uri, decision, reason)"
-            " VALUES (%(m)s, %(k)s, %(s)s, %(e)s, %(c)s, %(r)s, %(l)s, %(ds)s, %(d)s, %(cols)s,"
-            " %(perf)s, %(uri)s, %(rep)s, %(dec)s, %(why)s)"
-            " ON CONFLICT (model_name, run_key) DO UPDATE SET drift_share = EXCLUDED.drift_share,"
-            " drifted = EXCLUDED.drifted, columns = EXCLUDED.columns,"
-            " performance = EXCLUDED.performance, report_uri = EXCLUDED.report_uri,"
-            " decision = EXCLUDED.decision, reason = EXCLUDED.reason"
-            " RETURNING id",
-            {
-                "m": spec.name,
-                "k": run_key,
-                "s": extracted["window_start"],
-                "e": extracted["window_end"],
-                "c": champ.tag if champ else None,
-                "r": len(window),
-                "l": len(labelled),
-                "ds": drift.drift_share if drift else None,
-                "d": drift.drifted if drift else None,
-                "cols": json.dumps(drift.columns_json() if drift else {}),
-                "perf": json.dumps(performance),
-                "uri": extracted["dataset_uri"],
-                "rep": report_uri,
-                "dec": decision,
-                "why": reason,
-            },
-        )
-        row = cur.fetchone()
-        assert row is not None
-        drift_run_id = int(row[0])
-    return asdict(
-        Decision(
-            drift_run_id=drift_run_id,
-            decision=decision,
-            reason=reason,
-            drift_share=drift.drift_share if drift else None,
-            most_drifted=[c.column for c in drift.most_drifted() if c.drifted] if drift else [],
-            report_uri=report_uri,
-            champion_tag=champ.tag if champ else None,
-        )
+    drift_run_id = record_drift_run(
+        ctx.url,
+        spec.name,
+        ctx.run_key,
+        window_start=extracted.window_start,
+        window_end=extracted.window_end,
+        champion_tag=champ.tag if champ else None,
+        rows=len(window),
+        labelled_rows=len(labelled),
+        drift_share=drift.drift_share if drift else None,
+        drifted=drift.drifted if drift else None,
+        columns=drift.columns_json() if drift else {},
+        performance=performance,
+        dataset_uri=extracted.dataset_uri,
+        report_uri=report_uri,
+        decision=verdict.decision,
+        reason=verdict.reason,
+    )
+    return Decision(
+        drift_run_id=drift_run_id,
+        decision=verdict.decision,
+        reason=verdict.reason,
+        drift_share=drift.drift_share if drift else None,
+        most_drifted=[c.column for c in drift.most_drifted() if c.drifted] if drift else [],
+        report_uri=report_uri,
+        champion_tag=champ.tag if champ else None,
     )
 
 
-def record_skip(
-    settings: Settings, model: str, run_key: str, decision: dict[str, Any]
-) -> dict[str, Any]:
+def record_skip(ctx: StepContext, decision: Decision) -> Skipped:
     """The run ends without training: keep the reason next to the drift run that decided it."""
     run_id = record_training_run(
-        settings,
-        model,
-        run_key,
+        ctx.url,
+        ctx.model,
+        ctx.run_key,
         status="skipped",
-        reason=decision["reason"],
-        drift_run_id=decision["drift_run_id"],
-        champion_tag=decision["champion_tag"],
+        reason=decision.reason,
+        drift_run_id=decision.drift_run_id,
+        champion_tag=decision.champion_tag,
     )
-    return {
-        "training_run_id": run_id,
-        "status": "skipped",
-        "reason": decision["reason"],
-    }
+    return Skipped(training_run_id=run_id, reason=decision.reason)
 
 
-@dataclass(frozen=True)
-class Trained:
-    training_run_id: int
-    challenger_tag: str
-    holdout_uri: str
-    train_rows: int
-    holdout_rows: int
-    training_data: str
+def _registered(tag: str | None) -> bool:
+    if tag is None:
+        return False
+    try:
+        registry.model_spec(tag)
+    except NotFoundError:
+        return False
+    return True
 
 
-def train_challenger(
-    settings: Settings, model: str, run_key: str, decision: dict[str, Any], dataset_uri: str
-) -> dict[str, Any]:
+def train_challenger(ctx: StepContext, decision: Decision, dataset_uri: str) -> Trained:
     """Fit a challenger by the spec's training-data policy: the older part of the labelled window
     (plus, by default, a sample of the champion's training rows); the newest part that the
-    champion never saw is the holdout on which champion and challenger are compared."""
-    spec = _spec(settings, model)
+    champion never saw is the holdout on which champion and challenger are compared.
+
+    A re-run of the step for the same run key (a cleared task) reuses the challenger it already
+    registered instead of adding a second model.
+    """
+    spec, settings = ctx.spec, ctx.settings
     window = read_frame(settings, dataset_uri)
     labelled = window[window[spec.target].notna()].copy()
     labelled[spec.target] = labelled[spec.target].astype("int64")
-    with connect(ensure_database(settings)) as conn:
+    with connect(ctx.url) as conn:
         champ = registry.champion(conn, spec.name)
     reference = read_frame(settings, champ.train_data_uri) if champ is not None else None
     split = split_for_challenger(spec, labelled, reference)
     train_part, holdout = split.train, split.holdout
-    pipeline = fit(spec, train_part)
-    prefix = f"runs/{spec.name}/{safe_key(run_key)}"
-    train_uri = upload_frame(settings, train_part, f"{prefix}/train.parquet")
-    holdout_uri = upload_frame(settings, holdout, f"{prefix}/holdout.parquet")
-    fit_metrics = evaluate(pipeline, spec, holdout).as_dict()
-    tag = registry.save_model(spec, pipeline, metrics=fit_metrics, train_data_uri=train_uri)
+    train_uri = upload_frame(settings, train_part, f"{ctx.prefix}/train.parquet")
+    holdout_uri = upload_frame(settings, holdout, f"{ctx.prefix}/holdout.parquet")
+    existing = recorded_challenger(ctx.url, spec.name, ctx.run_key)
+    reused = _registered(existing)
+    if existing is not None and reused:
+        tag = existing
+        reopen_candidate(ctx.url, tag)
+    else:
+        pipeline = fit(spec, train_part)
+        fit_metrics = evaluate(pipeline, spec, holdout).as_dict()
+        tag = registry.save_model(
+            spec, pipeline, metrics=fit_metrics, train_data_uri=train_uri, training_set=train_part
+        )
     run_id = record_training_run(
-        settings,
-        model,
-        run_key,
+        ctx.url,
+        spec.name,
+        ctx.run_key,
         status="trained",
-        reason=decision["reason"],
-        drift_run_id=decision["drift_run_id"],
-        champion_tag=decision["champion_tag"],
+        reason=decision.reason,
+        drift_run_id=decision.drift_run_id,
+        champion_tag=decision.champion_tag,
         challenger_tag=tag,
     )
-    with connect(ensure_database(settings)) as conn:
-        registry.register(
-            conn,
-            model_name=spec.name,
-            tag=tag,
-            metrics=fit_metrics,
-            train_data_uri=train_uri,
-            training_run_id=run_id,
-        )
-    return asdict(
-        Trained(
-            training_run_id=run_id,
-            challenger_tag=tag,
-            holdout_uri=holdout_uri,
-            train_rows=len(train_part),
-            holdout_rows=len(holdout),
-            training_data=split.describe(),
-        )
+    if not reused:
+        with connect(ctx.url) as conn:
+            registry.register(
+                conn,
+                model_name=spec.name,
+                tag=tag,
+                metrics=fit_metrics,
+                train_data_uri=train_uri,
+                training_run_id=run_id,
+            )
+    return Trained(
+        training_run_id=run_id,
+        challenger_tag=tag,
+        holdout_uri=holdout_uri,
+        train_rows=len(train_part),
+        holdout_rows=len(holdout),
+        training_data=split.describe(),
+        reused=reused,
     )
 
 
-@dataclass(frozen=True)
-class Validation:
-    passed: bool
-    reason: str
-    challenger_tag: str
-    champion_tag: str | None
-    challenger: dict[str, float]
-    champion: dict[str, float] | None
-    gates: list[dict[str, Any]]
-
-
-def validate(
-    settings: Settings, model: str, run_key: str, trained: dict[str, Any]
-) -> dict[str, Any]:
+def validate(ctx: StepContext, trained: Trained) -> Validation:
     """Score challenger and champion on the same holdout and apply the spec's gates.
 
     A challenger that fails is marked ``rejected`` and the champion keeps serving.
     """
-    spec = _spec(settings, model)
-    holdout = read_frame(settings, trained["holdout_uri"])
+    spec = ctx.spec
+    holdout = read_frame(ctx.settings, trained.holdout_uri)
     holdout[spec.target] = holdout[spec.target].astype("int64")
-    url = ensure_database(settings)
-    with connect(url) as conn:
+    with connect(ctx.url) as conn:
         champ = registry.champion(conn, spec.name)
-    challenger_pipeline, _ = registry.load_model(trained["challenger_tag"])
+    # A re-run after promote: the challenger is the champion now; compare with the one it replaced.
+    if champ is not None and champ.tag == trained.challenger_tag:
+        champ = _replaced(ctx, champ.tag)
+    challenger_pipeline, _ = registry.load_model(trained.challenger_tag)
     challenger_eval = evaluate(challenger_pipeline, spec, holdout)
     champion_eval: Evaluation | None = None
     if champ is not None:
@@ -314,83 +298,110 @@ def validate(
         "champion": champion_eval.as_dict() if champion_eval else None,
     }
     record_training_run(
-        settings,
-        model,
-        run_key,
+        ctx.url,
+        spec.name,
+        ctx.run_key,
         status="trained" if verdict.passed else "rejected",
         reason=verdict.reason,
         metrics=metrics,
         gates=gates,
     )
     if not verdict.passed:
-        with connect(url) as conn:
-            registry.reject(conn, trained["challenger_tag"])
-    return asdict(
-        Validation(
-            passed=verdict.passed,
-            reason=verdict.reason,
-            challenger_tag=trained["challenger_tag"],
-            champion_tag=champ.tag if champ else None,
-            challenger=challenger_eval.as_dict(),
-            champion=champion_eval.as_dict() if champion_eval else None,
-            gates=gates,
-        )
+        with connect(ctx.url) as conn:
+            registry.reject(conn, trained.challenger_tag)
+    return Validation(
+        passed=verdict.passed,
+        reason=verdict.reason,
+        challenger_tag=trained.challenger_tag,
+        champion_tag=champ.tag if champ else None,
+        challenger=challenger_eval.as_dict(),
+        champion=champion_eval.as_dict() if champion_eval else None,
+        gates=gates,
     )
 
 
-def build_challenger_bento(settings: Settings, validation: dict[str, Any]) -> dict[str, Any]:
+def _replaced(ctx: StepContext, tag: str) -> registry.ModelVersion | None:
+    with connect(ctx.url) as conn:
+        for promotion in registry.promotions(conn, ctx.model):
+            if promotion.tag == tag and promotion.previous_tag is not None:
+                return registry.get_version(conn, promotion.previous_tag)
+    return None
+
+
+def _bento_exists(bento_tag: str) -> bool:
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        bentoml.bentos.get(bento_tag)
+    except NotFound:
+        return False
+    return True
+
+
+def build_challenger_bento(ctx: StepContext, challenger_tag: str) -> Built:
     """Build the Bento of a challenger that passed its gates (before promotion, so that every
-    champion has a Bento to serve)."""
-    tag = validation["challenger_tag"]
-    bento_tag = build_bento(tag)
-    with connect(ensure_database(settings)) as conn:
-        registry.set_bento(conn, tag, bento_tag)
-    return {"challenger_tag": tag, "bento_tag": bento_tag}
+    champion has a Bento to serve); a re-run reuses the Bento the model already has."""
+    with connect(ctx.url) as conn:
+        known = registry.get_version(conn, challenger_tag).bento_tag
+    if known is not None and _bento_exists(known):
+        return Built(challenger_tag=challenger_tag, bento_tag=known, reused=True)
+    bento_tag = build_bento(challenger_tag)
+    with connect(ctx.url) as conn:
+        registry.set_bento(conn, challenger_tag, bento_tag)
+    return Built(challenger_tag=challenger_tag, bento_tag=bento_tag)
 
 
-def containerize_bento(settings: Settings, built: dict[str, Any]) -> dict[str, Any]:
+def containerize_bento(ctx: StepContext, built: Built) -> Built:
     """Build the OCI image of the new Bento (``bentoml containerize``) when ``DRIFTLOOP_CONTAINERIZE``
     is on, so a champion is only promoted once its image exists; otherwise pass through."""
+    from dataclasses import replace
+
+    settings = ctx.settings
     if not settings.containerize:
-        return {**built, "image": None, "image_skipped": "DRIFTLOOP_CONTAINERIZE is off"}
-    from training.container import containerize, record_image
+        return replace(built, image=None, image_skipped="DRIFTLOOP_CONTAINERIZE is off")
+    from training.release import containerize, record_image
 
-    image = containerize(settings, built["bento_tag"], repository=settings.image_repository)
-    record_image(ensure_database(settings), built["challenger_tag"], image)
-    return {**built, "image": image.image, "image_size_bytes": image.size_bytes}
-
-
-@dataclass(frozen=True)
-class Promotion:
-    champion_tag: str
-    previous_champion: str | None
-    bento_tag: str
-    version: int
+    image = containerize(settings, built.bento_tag, repository=settings.image_repository)
+    record_image(ctx.url, built.challenger_tag, image)
+    return replace(built, image=image.image, image_size_bytes=image.size_bytes)
 
 
-def promote(settings: Settings, model: str, run_key: str, built: dict[str, Any]) -> dict[str, Any]:
-    """Make the challenger the champion (the previous one retires) and close the training run."""
-    url = ensure_database(settings)
-    with connect(url) as conn:
-        before = registry.champion(conn, model)
+def promote(ctx: StepContext, built: Built) -> Promotion:
+    """Make the challenger the champion (the previous one retires) and close the training run.
+
+    A re-run after the challenger became champion changes nothing (``changed`` is False).
+    """
+    # Exported first: every champion has its Bento in the artifact store, and a store that cannot
+    # be written fails the step with the champion unchanged.
+    publish_bento(ctx.settings, ctx.url, built.challenger_tag, built.bento_tag)
+    with connect(ctx.url) as conn:
+        before = registry.champion(conn, ctx.model)
+        if before is not None and before.tag == built.challenger_tag:
+            previous = _replaced(ctx, before.tag)
+            return Promotion(
+                champion_tag=before.tag,
+                previous_champion=previous.tag if previous else None,
+                bento_tag=built.bento_tag,
+                version=before.version,
+                changed=False,
+            )
         promoted = registry.promote(
             conn,
-            built["challenger_tag"],
-            by=f"run {run_key}",
+            built.challenger_tag,
+            by=f"run {ctx.run_key}",
             reason=f"passed its gates against {before.tag if before else 'no champion'}",
         )
     record_training_run(
-        settings,
-        model,
-        run_key,
+        ctx.url,
+        ctx.model,
+        ctx.run_key,
         status="promoted",
         reason=f"promoted to champion v{promoted.version}",
     )
-    return asdict(
-        Promotion(
-            champion_tag=promoted.tag,
-            previous_champion=before.tag if before else None,
-            bento_tag=built["bento_tag"],
-            version=promoted.version,
-        )
+    return Promotion(
+        champion_tag=promoted.tag,
+        previous_champion=before.tag if before else None,
+        bento_tag=built.bento_tag,
+        version=promoted.version,
     )

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
         image_extra_ca: a PEM file, or a folder of ``.crt``/``.pem`` files, that the build's steps
             trust (TLS-intercepting proxies); mounted during the build only, never in the image.
         image_repository: image name, e.g. ``ghcr.io/acme/churn_service``; the Bento's name if unset.
+        debian_mirror: where ``debootstrap`` fetches the local base image's packages; by default the
+            mirror this machine's apt uses, else ``http://deb.debian.org/debian``.
         log_predictions: whether the service records every prediction (off only to measure what
             logging costs: predictions that are not recorded can never get feedback).
         spool_dir: where each service worker writes predictions ahead of PostgreSQL; ``home/spool``
@@ -54,6 +56,25 @@ class Settings(BaseSettings):
         auth_fail_burst: such requests an address may send at once.
         grpc_port: the port every service worker serves the gRPC API on (``0``: no gRPC).
         grpc_host: the address it listens on; by default the one the HTTP server listens on.
+        kubeconfig: the kubeconfig ``driftloop rollout`` uses; else ``KUBECONFIG``, ``~/.kube/config``
+            or, inside a pod, its service account.
+        k8s_context: a context of that kubeconfig; its current context if unset.
+        k8s_namespace: the namespace of the stable Deployment.
+        k8s_deployment: the stable Deployment a rollout updates (its canary is ``<name>-canary``).
+        k8s_container: the container that runs the Bento's image; the pod's first if unset.
+        rollout: ``on``: the retrain DAG rolls a new champion out to the cluster after promoting it.
+        rollout_canary_share: the canary's replicas as a share of the stable's (at least one).
+        rollout_progress_deadline_s: how long the canary's pods (and then the stable's) may take
+            to become ready; past it, the rollout is rolled back.
+        rollout_bake_s: how long the ready canary must stay healthy before it is promoted.
+        rollout_max_restarts: container restarts the canary may have before it is rolled back.
+        rollout_poll_s: how often the canary's health is read.
+        retrain_retries: how many times the retrain DAG retries a failed task (transient errors: the
+            database or the artifact store away for a moment); 0 fails at the first error.
+        retrain_retry_delay_s: the wait before the first retry; each next one waits twice as long.
+        retrain_retry_max_delay_s: the longest wait between two tries.
+        retrain_timeout_hours: a retrain run still going after this long is failed (Airflow's
+            ``dagrun_timeout``), and a training run left open this long by a crash is closed.
     """
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", extra="ignore")
@@ -70,6 +91,7 @@ class Settings(BaseSettings):
     image_base: str | None = None
     image_extra_ca: Path | None = None
     image_repository: str | None = None
+    debian_mirror: str | None = None
     log_predictions: bool = True
     spool_dir: Path | None = None
     spool_max_mb: int = Field(512, ge=1)
@@ -87,6 +109,21 @@ class Settings(BaseSettings):
     auth_fail_burst: int = Field(20, ge=1)
     grpc_port: int = Field(3001, ge=0, le=65535)
     grpc_host: str | None = None
+    kubeconfig: Path | None = None
+    k8s_context: str | None = None
+    k8s_namespace: str = "default"
+    k8s_deployment: str = "driftloop"
+    k8s_container: str | None = None
+    rollout: Literal["on", "off"] = "off"
+    rollout_canary_share: float = Field(0.1, gt=0, le=1)
+    rollout_progress_deadline_s: float = Field(600.0, gt=0)
+    rollout_bake_s: float = Field(300.0, ge=0)
+    rollout_max_restarts: int = Field(0, ge=0)
+    rollout_poll_s: float = Field(2.0, gt=0)
+    retrain_retries: int = Field(2, ge=0, le=20)
+    retrain_retry_delay_s: float = Field(60.0, ge=0)
+    retrain_retry_max_delay_s: float = Field(1800.0, ge=0)
+    retrain_timeout_hours: float = Field(6.0, gt=0)
 
     @field_validator("home", "models")
     @classmethod

@@ -63,7 +63,7 @@ def _extra_ca() -> list[Path]:
 
 
 def _engine(home: Path) -> dict[str, str]:
-    from training.container import engine_env
+    from training.release import engine_env
     from training.settings import Settings
 
     return engine_env(Settings(home=home))
@@ -85,7 +85,7 @@ def built(
     server_url: str, tmp_path_factory: pytest.TempPathFactory, local_base: None
 ) -> Iterator[Built]:
     """A champion bootstrapped in its own database, its Bento built, then containerized."""
-    from training.container import containerize, record_image
+    from training.release import containerize, record_image
     from training.settings import get_settings
 
     home = tmp_path_factory.mktemp("image-home")
@@ -105,7 +105,7 @@ def built(
 
 
 def test_the_image_serves_the_bentos_model_as_a_non_root_user(built: Built) -> None:
-    from training.container import smoke_test
+    from training.release import smoke_test
     from training.settings import get_settings
 
     champion = built.champion
@@ -183,7 +183,7 @@ def test_the_extra_ca_certificates_stay_out_of_the_image(built: Built) -> None:
 @pytest.fixture(scope="module")
 def broken_bases(built: Built) -> Iterator[dict[str, str]]:
     """The local base with Python, uv or apt-get removed (buildah run + commit)."""
-    from training.container import ensure_local_base
+    from training.release import ensure_local_base
     from training.settings import get_settings
 
     env = _engine(built.champion.home)
@@ -216,7 +216,7 @@ def broken_bases(built: Built) -> Iterator[dict[str, str]]:
 def test_a_base_image_without_python_or_uv_is_refused_by_name(
     built: Built, broken_bases: dict[str, str], base: str, message: str
 ) -> None:
-    from training.container import containerize
+    from training.release import containerize
     from training.settings import get_settings
 
     with pytest.raises(DriftloopError, match=message):
@@ -233,7 +233,7 @@ def test_a_base_image_without_python_or_uv_is_refused_by_name(
 def test_a_build_that_fails_half_way_leaves_no_tagged_image(
     built: Built, broken_bases: dict[str, str]
 ) -> None:
-    from training.container import containerize
+    from training.release import containerize
     from training.settings import get_settings
 
     # Python and uv are there, so the build starts; its `apt-get` step (libgomp1) then fails.
@@ -276,7 +276,7 @@ def test_the_dags_containerize_step_builds_the_image_when_enabled(built: Built) 
 
 
 def test_an_unknown_bento_is_named(built: Built) -> None:
-    from training.container import containerize
+    from training.release import containerize
     from training.settings import get_settings
 
     with pytest.raises(NotFoundError, match=r"no Bento churn_service:doesnotexist .*bentoml list"):

@@ -10,16 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training.container import (
-    _ca_bundle,
-    _debian_mirror,
-    _staged_home,
-    _without_toolchain,
-    check_backend,
-    engine_env,
-    resolve_backend,
-)
 from training.errors import DriftloopError
+from training.release.base_image import debian_mirror
+from training.release.containerize import ca_bundle, staged_home, without_toolchain
+from training.release.engines import check_backend, engine_env, resolve_backend
 from training.settings import Settings
 
 DEFAULT_INSTALL = (
@@ -108,13 +102,13 @@ def test_engine_env_writes_driftloops_conf_unless_the_user_chose_one(
 
 def test_the_toolchain_install_goes_and_system_packages_install_in_one_clean_step() -> None:
     libgomp = "apt-get install -q -y -o Dpkg::Options::=--force-confdef libgomp1"
-    assert _without_toolchain([DEFAULT_INSTALL, "echo a", libgomp, "echo b"]) == [
+    assert without_toolchain([DEFAULT_INSTALL, "echo a", libgomp, "echo b"]) == [
         "echo a",
         f"apt-get update && {libgomp} && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin",
         "echo b",
     ]
-    assert _without_toolchain([DEFAULT_INSTALL]) == []
-    assert _without_toolchain(["echo hi"]) == ["echo hi"]
+    assert without_toolchain([DEFAULT_INSTALL]) == []
+    assert without_toolchain(["echo hi"]) == ["echo hi"]
 
 
 def _bento(tmp_path: Path) -> Path:
@@ -136,7 +130,7 @@ def test_a_base_override_builds_from_a_copy_and_leaves_the_stored_bento_alone(
 ) -> None:
     source = _bento(tmp_path)
     before = (source / "bento.yaml").read_text()
-    home = _staged_home(
+    home = staged_home(
         "churn_service:v1",
         source,
         tmp_path / "staged",
@@ -162,7 +156,7 @@ def test_the_ca_bundle_is_the_public_roots_plus_the_extra_certificates(tmp_path:
     (certs / "notes.txt").write_text("not a certificate, not read")
     out = tmp_path / "out"
     out.mkdir()
-    bundle = _ca_bundle([certs], out).read_text()
+    bundle = ca_bundle([certs], out).read_text()
     assert bundle.count("BEGIN CERTIFICATE") > 100  # certifi's roots
     assert bundle.rstrip().endswith(pem.rstrip())
 
@@ -176,11 +170,13 @@ def test_a_bad_extra_ca_is_named(tmp_path: Path, content: str | None, message: s
     if content is not None:
         path.write_text(content)
     with pytest.raises(DriftloopError, match=message):
-        _ca_bundle([path], tmp_path)
+        ca_bundle([path], tmp_path)
 
 
-def test_the_base_comes_from_the_configured_debian_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_base_comes_from_the_configured_debian_mirror(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DRIFTLOOP_DEBIAN_MIRROR", "http://mirror.example/debian")
-    assert _debian_mirror() == "http://mirror.example/debian"
+    assert debian_mirror(Settings(home=tmp_path)) == "http://mirror.example/debian"
     monkeypatch.delenv("DRIFTLOOP_DEBIAN_MIRROR")
-    assert _debian_mirror().endswith("/debian")
+    assert debian_mirror(Settings(home=tmp_path)).endswith("/debian")

@@ -97,17 +97,23 @@ def _bento_model_tag(bento_tag: str) -> str:
 
 
 def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
-    from training import container, registry
+    from training import registry, release
+    from training.bento import ensure_recorded_bento
 
     step = Progress()
     url = store(settings)
     if args.bento:
         bento_tag = args.bento
-        model_tag = _bento_model_tag(bento_tag)
     else:
         model_tag, bento_tag, _ = champion_bento(settings, url, args.model)
-    backend = container.resolve_backend(args.backend or settings.image_backend, dict(os.environ))
-    built = container.containerize(
+    # A machine whose BentoML store lacks the Bento (CI, a fresh checkout) imports its export.
+    imported = ensure_recorded_bento(settings, url, bento_tag)
+    if imported:
+        step(f"imported {bento_tag} from {imported}")
+    if args.bento:
+        model_tag = _bento_model_tag(bento_tag)
+    backend = release.resolve_backend(args.backend or settings.image_backend, dict(os.environ))
+    built = release.containerize(
         settings,
         bento_tag,
         backend=backend,
@@ -121,11 +127,11 @@ def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
         f"image {built.image} built with {built.backend} on {built.base_image} in "
         f"{built.seconds:.0f}s ({size})"
     )
-    container.record_image(url, model_tag, built)
+    release.record_image(url, model_tag, built)
     if args.check:
         # The Bento's own model's spec: the environment may describe another model.
         request = registry.model_spec(model_tag).example_request()
-        smoke = container.smoke_test(
+        smoke = release.smoke_test(
             settings, built.image, url, request, backend=backend, progress=step
         )
         step(
@@ -139,7 +145,7 @@ def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
             )
     if args.push:
         step(f"pushing {built.image} ...")
-        container.push(settings, built.image, backend)
+        release.push(settings, built.image, backend)
         step(f"pushed {built.image}")
     print(built.image)
     return 0
