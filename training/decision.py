@@ -11,9 +11,10 @@ The rules, in order:
    trained on, holds one class or too few rows of one): skip, naming the problem. A forced run skips
    too: training a model nobody can compare would only crash later.
 3. ``force``: retrain, with whatever reasons there were.
-4. No champion yet, feature drift at or over ``drift.share_threshold``, the label's distribution
-   moved, or the champion's live ROC AUC fell more than ``drift.max_performance_drop``: retrain,
-   with every reason that applies.
+4. No champion yet, feature drift (``drift.min_drifted_columns`` columns, or
+   ``drift.share_threshold`` of them), the champion's scores moved (prediction drift), the label's
+   distribution moved, or the champion's live ROC AUC fell more than
+   ``drift.max_performance_drop``: retrain, with every reason that applies.
 5. Otherwise skip: no drift and the champion holds its accuracy.
 """
 
@@ -96,9 +97,11 @@ def decide(
     if drift is not None:
         if drift.drifted:
             top = ", ".join(c.column for c in drift.most_drifted() if c.drifted)
+            reasons.append(f"feature drift in {drift.drift_share:.0%} of columns: {top}")
+        if drift.prediction is not None and drift.prediction.drifted:
             reasons.append(
-                f"feature drift in {drift.drift_share:.0%} of columns (>= "
-                f"{spec.drift.share_threshold:.0%}): {top}"
+                f"the champion's scores moved (Wasserstein {drift.prediction.score:.3f} reference "
+                f"σ, >= {drift.prediction.threshold:.3f})"
             )
         if drift.target is not None and drift.target.drifted:
             reasons.append(

@@ -98,12 +98,46 @@ class ModelConfig(_Frozen):
 
 
 class DriftPolicy(_Frozen):
+    """When a window counts as drifted (docs/drift.md; training/drift_stats.py computes it).
+
+    A column (feature, the champion's score, the label) drifts when its test's p-value is below
+    ``alpha`` after ``correction`` across all of a window's tests AND its distance reaches the
+    floor for its type: the test keeps small windows quiet, the floor large ones.
+    """
+
+    # Feature drift: this many drifted columns, or this share of them.
+    min_drifted_columns: int = Field(1, ge=1)
     share_threshold: float = Field(0.3, gt=0, le=1)
-    # Evidently picks a test per column by type and size when these are unset.
-    method: str | None = None
-    column_threshold: float | None = Field(None, gt=0)
+    # The chance of any false alarm among one window's tests, and how it is split among them.
+    alpha: float = Field(0.01, gt=0, lt=1)
+    correction: Literal["holm", "bonferroni", "none"] = "holm"
+    # Wasserstein distance in the reference's standard deviations (numbers, the score).
+    numeric_min_distance: float = Field(0.1, ge=0)
+    prediction_min_distance: float = Field(0.1, ge=0)
+    # Jensen-Shannon distance of the frequencies (categories, the label).
+    categorical_min_distance: float = Field(0.1, ge=0)
+    label_min_distance: float = Field(0.05, ge=0)
+    # Rows of each side the champion scores for prediction drift (a seeded sample past this).
+    prediction_max_rows: int = Field(100_000, ge=1000)
     max_performance_drop: float = Field(0.05, ge=0)
+    # Rows of each side in the HTML report only; the statistics use every row.
     max_rows: int = Field(20000, ge=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_keys(cls, data: Any) -> Any:
+        """Specs written before the policy had its own statistics carry Evidently's overrides;
+        unset, they mean nothing now and are dropped; set, they are refused with the new names."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key in ("method", "column_threshold"):
+            if key in data and data.pop(key) is not None:
+                raise ValueError(
+                    f"drift.{key} is no longer used: the tests and distances are fixed per column "
+                    "type; set alpha, correction and the *_min_distance floors instead"
+                )
+        return data
 
 
 class TrainingPolicy(_Frozen):

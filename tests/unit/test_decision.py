@@ -15,7 +15,9 @@ def spec() -> ModelSpec:
     return load_spec()  # min_labelled_rows 500, share_threshold 0.3, max_performance_drop 0.05
 
 
-def _drift(share: float, label_moved: bool = False) -> DriftResult:
+def _drift(
+    share: float, label_moved: bool = False, scores_moved: bool | None = None
+) -> DriftResult:
     columns = tuple(
         ColumnDrift(f"f{i}", "wasserstein", 0.2 if i < share * 10 else 0.01, 0.1, i < share * 10)
         for i in range(10)
@@ -28,6 +30,11 @@ def _drift(share: float, label_moved: bool = False) -> DriftResult:
         drifted=share >= 0.3,
         columns=columns,
         target=target,
+        prediction=None
+        if scores_moved is None
+        else ColumnDrift(
+            "__prediction__", "K-S + Wasserstein", 0.25 if scores_moved else 0.02, 0.1, scores_moved
+        ),
     )
 
 
@@ -73,7 +80,7 @@ def test_no_champion_retrains(spec: ModelSpec) -> None:
 def test_feature_drift_at_the_threshold_retrains_and_names_the_columns(spec: ModelSpec) -> None:
     decision, reason = _decide(spec, drift=_drift(0.3))
     assert decision == "retrain"
-    assert reason == "feature drift in 30% of columns (>= 30%): f0, f1, f2"
+    assert reason == "feature drift in 30% of columns: f0, f1, f2"
     assert _decide(spec, drift=_drift(0.2))[0] == "skip"
 
 
@@ -117,3 +124,25 @@ def test_judgeable_names_what_a_holdout_lacks(labels: list[int], problem: str | 
     else:
         assert found is not None
         assert problem in found
+
+
+def test_moved_scores_retrain_and_say_by_how_much(spec: ModelSpec) -> None:
+    decision, reason = _decide(spec, drift=_drift(0.0, scores_moved=True))
+    assert (decision, reason) == (
+        "retrain",
+        "the champion's scores moved (Wasserstein 0.250 reference σ, >= 0.100)",
+    )
+    assert _decide(spec, drift=_drift(0.0, scores_moved=False))[0] == "skip"
+    # Without a champion to score with, there is no prediction drift to weigh.
+    assert _decide(spec, drift=_drift(0.0, scores_moved=None))[0] == "skip"
+
+
+def test_moved_scores_join_the_other_reasons(spec: ModelSpec) -> None:
+    decision, reason = _decide(
+        spec, drift=_drift(0.3, label_moved=True, scores_moved=True), live=LiveCheck(0.80, 0.70)
+    )
+    assert decision == "retrain"
+    assert reason.split("; ")[1] == (
+        "the champion's scores moved (Wasserstein 0.250 reference σ, >= 0.100)"
+    )
+    assert len(reason.split("; ")) == 4
