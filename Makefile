@@ -12,7 +12,7 @@ AIRFLOW_PORT ?= 8080
 # MODEL=<name> picks one model where the deployment has several (models/*.yaml).
 MODEL_ARG = $(if $(MODEL),--model $(MODEL))
 
-.PHONY: help setup demo serve airflow retrain status image image-tools observability-tools observability-check bench-serving client grpc-stubs test lint typecheck check stop clean
+.PHONY: help setup demo serve airflow retrain status image image-tools observability-tools observability-check k8s-check bench-serving client grpc-stubs test lint typecheck check stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ observability-tools: ## install Prometheus and promtool (Debian/Ubuntu, as root 
 observability-check: ## promtool check and unit tests of the alert rules in deploy/prometheus/
 	promtool check rules deploy/prometheus/driftloop-rules.yml
 	promtool test rules deploy/prometheus/tests/driftloop-rules.test.yml
+
+k8s-check: ## render every deploy/overlays/* (kubectl kustomize) and validate it strictly against Kubernetes 1.30 and the newest known
+	$(UV) run --frozen python deploy/check.py
 
 bench-serving: ## our Bento against a FastAPI peer under wrk, with a verdict per target (BENCH_ARGS=--quick|--duration N)
 	@command -v wrk >/dev/null || { \
