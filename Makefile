@@ -15,7 +15,7 @@ MODEL_ARG = $(if $(MODEL),--model $(MODEL))
 .PHONY: help setup demo serve airflow retrain status image image-tools observability-tools observability-check k8s-check bench-serving client grpc-stubs test lint typecheck check stop clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 setup: ## install uv (from PyPI) if missing, then the locked environment in .venv
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.13"
