@@ -171,7 +171,9 @@ def train_champion(
     prefix = f"runs/{spec.name}/{safe_key(run_key)}"
     train_uri = upload_frame(settings, train_part, f"{prefix}/train.parquet")
     upload_frame(settings, holdout, f"{prefix}/holdout.parquet")
-    tag = registry.save_model(spec, pipeline, metrics=metrics.as_dict(), train_data_uri=train_uri)
+    tag = registry.save_model(
+        spec, pipeline, metrics=metrics.as_dict(), train_data_uri=train_uri, training_set=train_part
+    )
     run_id = record_training_run(
         settings,
         spec.name,
