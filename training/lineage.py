@@ -253,7 +253,8 @@ class Lineage:
     packages: dict[str, str]
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Its fields without the unknown (None) ones: BentoML's model metadata refuses None."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Lineage:

@@ -1,54 +1,17 @@
-"""The artifact store: a local folder, and S3 through a real S3 HTTP endpoint (moto's server on loopback)."""
+"""The artifact store: a local folder, and S3 through a real S3 HTTP endpoint (moto's server on
+loopback, from conftest.py)."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from training.artifacts import LocalStore, S3Store, open_store
+from tests.integration.conftest import MotoServer
+from training.artifacts import ArtifactStoreError, LocalStore, S3Store, open_store
 from training.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """moto's standalone server: the S3 REST API over HTTP, so boto3 runs its real client code."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
 
 
 def test_local_store_round_trip(tmp_path: Path) -> None:
@@ -79,3 +42,22 @@ def test_s3_store_round_trip(tmp_path: Path, s3_endpoint: str, aws: None) -> Non
 def test_s3_root_without_bucket_is_refused() -> None:
     with pytest.raises(ValueError, match="names no bucket"):
         S3Store("s3:///prefix")
+
+
+def test_an_unreachable_s3_fails_in_one_line_naming_the_uri(
+    tmp_path: Path, moto_server: MotoServer, aws: None
+) -> None:
+    moto_server.stop()  # a port nothing listens on any more
+    store = S3Store("s3://loop/prod", endpoint_url=moto_server.endpoint)
+    source = tmp_path / "window.parquet"
+    source.write_bytes(b"PAR1")
+    with pytest.raises(ArtifactStoreError) as failed:
+        store.put(source, "runs/churn/r1/window.parquet")
+    message = str(failed.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"artifact store at {moto_server.endpoint}: cannot write "
+        "s3://loop/prod/runs/churn/r1/window.parquet: "
+    )
+    with pytest.raises(ArtifactStoreError, match=r"cannot read s3://loop/prod/a\.bento: "):
+        store.fetch("s3://loop/prod/a.bento", tmp_path / "a.bento")
