@@ -1,4 +1,5 @@
-"""Render every Kustomize overlay under ``deploy/overlays`` and validate what it renders.
+"""Render every Kustomize overlay under ``deploy/overlays`` (and ``deploy/airflow/*``) and validate
+what it renders.
 
 ``python deploy/check.py [OVERLAY_DIR ...]`` (``make k8s-check``; ``.ci/run`` and
 ``tests/unit/test_k8s_manifests.py`` run it too):
@@ -146,12 +147,20 @@ def check(overlay: Path) -> tuple[list[str], list[dict[str, Any]]]:
 
 
 def overlays() -> list[Path]:
-    return sorted(p.parent for p in (DEPLOY / "overlays").glob("*/kustomization.yaml"))
+    """Every overlay, and the kustomizations beside the Airflow chart's values."""
+    found = [*(DEPLOY / "overlays").glob("*/kustomization.yaml")]
+    found += (DEPLOY / "airflow").glob("*/kustomization.yaml")
+    return sorted(p.parent for p in found)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overlay", nargs="*", type=Path, help="default: every deploy/overlays/*")
+    parser.add_argument(
+        "overlay",
+        nargs="*",
+        type=Path,
+        help="default: every deploy/overlays/* and deploy/airflow/*",
+    )
     args = parser.parse_args(argv)
     targets = [p.resolve() for p in args.overlay] or overlays()
     failed = False

@@ -56,7 +56,7 @@ def test_make_k8s_check_passes_on_every_overlay() -> None:
         [sys.executable, str(DEPLOY / "check.py")], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for overlay in OVERLAYS:
+    for overlay in (*OVERLAYS, "rollout-rbac"):
         assert f"ok {overlay}:" in result.stdout
     assert "Kubernetes 1.30.0 and" in result.stdout
 
@@ -184,6 +184,8 @@ def test_the_pod_runs_locked_down_with_its_writable_paths_on_volumes(overlay: st
     spool = env["DRIFTLOOP_SPOOL_DIR"]["value"]
     assert "emptyDir" in volumes[mounts[spool]]
     assert "emptyDir" in volumes[mounts["/tmp"]]
+    # BENTOML_HOME is /home/bentoml/ in BentoML's image; its workers share metrics through files.
+    assert "emptyDir" in volumes[mounts["/home/bentoml/prometheus_multiproc_dir"]]
     assert env["DRIFTLOOP_HOME"]["value"].startswith("/tmp/")
     # SIGTERM drains the spool for up to 20 s before the worker exits.
     assert pod["terminationGracePeriodSeconds"] > 20
