@@ -154,7 +154,7 @@ def overlays() -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Render every overlay and validate it strictly.")
     parser.add_argument(
         "overlay",
         nargs="*",

@@ -237,6 +237,8 @@ def test_the_service_serves_stable_and_canary_pods_and_the_stable_owns_only_its_
     hpa = objects["HorizontalPodAutoscaler"]
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    # The autoscaler owns the count: an applied one would reset it at every kubectl apply.
+    assert "replicas" not in deployment["spec"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
