@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from training.errors import DriftloopError
@@ -227,16 +228,63 @@ def code_revision(root: Path = PROJECT_ROOT) -> str:
     return f"git:{head}" + ("+dirty" if dirty.returncode == 1 else "")
 
 
+def _canonical(column: pd.Series) -> tuple[str, np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """A column as (kind, values to hash, sort key): the same for the same values whatever pandas
+    dtype they came in (int64 or nullable Int64, object or category strings, any time zone)."""
+    if pd.api.types.is_bool_dtype(column) and not column.isna().any():
+        values = column.to_numpy(dtype="int64")
+        return "i", values, values
+    if pd.api.types.is_datetime64_any_dtype(column):
+        times = pd.to_datetime(column, utc=True)
+        values = times.to_numpy(dtype="datetime64[ns]").view("int64")
+        return "t", values, values
+    if pd.api.types.is_numeric_dtype(column):
+        if pd.api.types.is_integer_dtype(column) and not column.isna().any():
+            values = column.to_numpy(dtype="int64")
+            return "i", values, values
+        floats = column.to_numpy(dtype="float64", na_value=np.nan) + 0.0  # -0.0 hashes as 0.0
+        floats[np.isnan(floats)] = np.nan  # one NaN bit pattern
+        return "f", floats, floats
+    text = column.astype("string").fillna("\x00").to_numpy(dtype=object)
+    # Codes of the sorted distinct values: the same for the same rows in any order.
+    codes, _ = pd.factorize(text, sort=True)
+    return "s", text, codes.astype("int64")
+
+
+def _splitmix(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """splitmix64's finalizer: every input bit reaches every output bit (uint64, wrapping)."""
+    x = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    mixed: np.ndarray[Any, Any] = x ^ (x >> np.uint64(31))
+    return mixed
+
+
 def training_set_sha256(frame: pd.DataFrame) -> str:
-    """A hash of the rows, not of their file: columns by name, each row as a CSV line, the lines
-    sorted, so the same training set hashes the same whatever its row order or Parquet writer."""
+    """A hash of the rows, not of their file: columns by name, rows in a canonical order (by their
+    values), each column's values as fixed bytes (integers and times as int64, other numbers as
+    float64, the rest as UTF-8 text), so the same training set hashes the same whatever its row
+    order, column order, Parquet writer or pandas dtypes; a changed value, row or name changes it."""
     columns = sorted(frame.columns, key=str)
-    text = frame[columns].to_csv(
-        index=False, header=False, lineterminator="\n", date_format="%Y-%m-%dT%H:%M:%S.%f%z"
-    )
-    digest = hashlib.sha256(",".join(map(str, columns)).encode() + b"\n")
-    for line in sorted(text.splitlines()):
-        digest.update(line.encode() + b"\n")
+    canonical = [_canonical(frame[column]) for column in columns]
+    # Rows in the order of a 64-bit mix of their values: one sort instead of one per column. Only
+    # equal rows (whose order does not matter) tie, barring a 2**-64 collision.
+    mixed = np.zeros(len(frame), dtype="uint64")
+    with np.errstate(over="ignore"):
+        for _, _, key in canonical:
+            bits = np.ascontiguousarray(key).view("uint64")
+            mixed = _splitmix(mixed ^ bits)
+    order = np.argsort(mixed, kind="stable")
+    digest = hashlib.sha256(f"{len(frame)} rows\n".encode())
+    for name, (kind, values, _) in zip(columns, canonical, strict=True):
+        digest.update(f"{name}:{kind}\n".encode())
+        ordered = values[order]
+        if kind == "s":
+            lengths = pd.Series(ordered, dtype=object).str.len().to_numpy(dtype="int64")
+            digest.update(lengths.astype("<i8").tobytes())
+            digest.update("".join(ordered).encode())
+        else:
+            digest.update(ordered.astype(ordered.dtype.newbyteorder("<")).tobytes())
     return digest.hexdigest()
 
 

@@ -47,6 +47,18 @@ def test_training_set_hash_ignores_row_and_column_order() -> None:
     assert re.fullmatch(r"[0-9a-f]{64}", training_set_sha256(frame))
 
 
+def test_training_set_hash_ignores_how_the_values_are_typed() -> None:
+    """Parquet round trips and pandas versions change dtypes, not values: the hash holds."""
+    frame = _frame()
+    retyped = frame.assign(
+        plan=frame["plan"].astype("category"),
+        churned=frame["churned"].astype("Int64"),
+        request_id=frame["request_id"].astype("string"),
+        created_at=frame["created_at"].dt.tz_convert("Europe/Paris"),
+    )
+    assert training_set_sha256(retyped) == training_set_sha256(frame)
+
+
 def test_training_set_hash_changes_with_a_value_a_row_or_a_column_name() -> None:
     frame = _frame()
     base = training_set_sha256(frame)
@@ -55,6 +67,8 @@ def test_training_set_hash_changes_with_a_value_a_row_or_a_column_name() -> None
     assert training_set_sha256(changed) != base
     assert training_set_sha256(frame.iloc[:2]) != base
     assert training_set_sha256(frame.rename(columns={"plan": "tier"})) != base
+    assert training_set_sha256(frame.assign(plan=["basic", "pro", None])) != base
+    assert training_set_sha256(pd.concat([frame, frame.iloc[:1]])) != base
 
 
 def test_capture_spans_the_rows_times_and_counts_them() -> None:
