@@ -118,7 +118,7 @@ class DriftPolicy(_Frozen):
     categorical_min_distance: float = Field(0.1, ge=0)
     label_min_distance: float = Field(0.05, ge=0)
     # Rows of each side the champion scores for prediction drift (a seeded sample past this).
-    prediction_max_rows: int = Field(100_000, ge=1000)
+    prediction_max_rows: int = Field(20_000, ge=1000)
     max_performance_drop: float = Field(0.05, ge=0)
     # Rows of each side in the HTML report only; the statistics use every row.
     max_rows: int = Field(20000, ge=100)
