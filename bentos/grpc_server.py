@@ -94,8 +94,11 @@ def share_gate(gate: Gate) -> None:
 
 
 def peer_address(peer: str) -> str:
-    """The client's address from gRPC's peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``)."""
-    kind, _, rest = peer.partition(":")
+    """The client's address from gRPC's peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``,
+    whose brackets some gRPC versions percent-encode)."""
+    from urllib.parse import unquote
+
+    kind, _, rest = unquote(peer).partition(":")
     if kind in {"ipv4", "ipv6"}:
         return rest.rpartition(":")[0].strip("[]")
     return peer
@@ -328,10 +331,13 @@ def check_port(settings: Settings) -> bool:
 class GrpcServer:
     """One worker's gRPC server: the model service, health and reflection."""
 
-    def __init__(self, server: Any, health: Any, predictor: Predictor, address: str) -> None:
+    def __init__(
+        self, server: Any, health: Any, predictor: Predictor, gate: Gate, address: str
+    ) -> None:
         self.server = server
         self.health = health
         self.predictor = predictor
+        self.gate = gate
         self.address = address
         self._watch: asyncio.Task[None] | None = None
 
@@ -383,7 +389,7 @@ class GrpcServer:
         )
         server.add_insecure_port(address)
         await server.start()
-        running = cls(server, checker, predictor, address)
+        running = cls(server, checker, predictor, gate, address)
         await running._publish_health()
         running._watch = asyncio.create_task(running._keep_health())
         log.info("gRPC %s on %s", SERVICE, address)
@@ -413,3 +419,6 @@ class GrpcServer:
                 await self._watch
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        # HTTP's auth layer closed the gate before this hook ran: write the uses of the calls that
+        # finished since (closing again only writes what is left).
+        await asyncio.to_thread(self.gate.close)
