@@ -466,6 +466,8 @@ def test_the_client_installs_with_pip_and_calls_the_service(
         check=False,
     )
     assert install.returncode == 0, install.stderr
+    assert (target / "driftloop_grpc" / "py.typed").exists()
+    assert (target / "driftloop_grpc" / "v1" / "model_service_pb2.pyi").exists()
     script = (
         "import json, sys, driftloop_grpc\n"
         "from driftloop_grpc import ModelClient\n"
