@@ -12,7 +12,7 @@ AIRFLOW_PORT ?= 8080
 # MODEL=<name> picks one model where the deployment has several (models/*.yaml).
 MODEL_ARG = $(if $(MODEL),--model $(MODEL))
 
-.PHONY: help setup demo serve airflow retrain status image image-tools observability-tools observability-check k8s-check bench-serving client grpc-stubs test lint typecheck check stop clean
+.PHONY: help setup demo serve airflow retrain status image image-tools observability-tools observability-check k8s-check k8s-test-tools test-k8s bench-serving client grpc-stubs test lint typecheck check stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -59,6 +59,12 @@ observability-check: ## promtool check and unit tests of the alert rules in depl
 
 k8s-check: ## render every deploy/overlays/* (kubectl kustomize) and validate it strictly against Kubernetes 1.30 and the newest known
 	$(UV) run --frozen python deploy/check.py
+
+k8s-test-tools: ## etcd (Debian) and kube-apiserver + kube-controller-manager 1.20.2 built from Debian's source, cached in ~/.cache/driftloop (as root)
+	bash deploy/k8s-test/build.sh
+
+test-k8s: ## the Kubernetes tier alone: rollouts against a real API server (make k8s-test-tools first)
+	$(UV) run --frozen pytest -m k8s tests/k8s
 
 bench-serving: ## our Bento against a FastAPI peer under wrk, with a verdict per target (BENCH_ARGS=--quick|--duration N)
 	@command -v wrk >/dev/null || { \
