@@ -11,20 +11,40 @@ folder). Every day (or when triggered with params), for its model:
    sample of the champion's training rows); **validate** it against the champion on the newest
    part the champion never trained on (same holdout for both); a failed gate marks it *rejected*;
 4. **build_bento** of a challenger that passed, **containerize** it (an OCI image, when
-   `DRIFTLOOP_CONTAINERIZE` is on; skipped otherwise), then **promote** it to champion.
+   `DRIFTLOOP_CONTAINERIZE` is on; skipped otherwise), then **promote** it to champion;
+5. **rollout** the new champion to Kubernetes through a canary (when `DRIFTLOOP_ROLLOUT` is on;
+   skipped otherwise): a failed rollout fails the task with the reason, without retries, and the
+   champion it replaced is the champion again (docs/rollout.md).
 
-Every step records what it did in PostgreSQL (`drift_runs`, `training_runs`, `model_versions`); a
-step that fails marks the run `failed` (with the step and the error) and its candidate `rejected`.
-Params: `force` retrains whatever the drift check says (still gated); `window_days` sets the window.
+Every step records what it did in PostgreSQL (`drift_runs`, `training_runs`, `model_versions`) and
+can run again for the same run (a cleared task) without a second record, model or Bento. A failed
+task is retried (`DRIFTLOOP_RETRAIN_RETRIES`, exponential backoff); once no retry remains, the run
+is marked `failed` (with the step and the error) and its candidate `rejected`. A run going longer
+than `DRIFTLOOP_RETRAIN_TIMEOUT_HOURS` fails, and the next run closes training runs a crash left
+open. **promote** updates the Asset `driftloop://<model>/champion`: DAGs scheduled on it run after
+every promotion. Params: `force` retrains whatever the drift check says (still gated);
+`window_days` sets the window.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk.serde import allow_class
+
+# Light (dataclasses only); the steps pass these to each other through XCom, which rebuilds only
+# classes it was told to trust.
+from training.steps import STEP_TYPES
+
+if TYPE_CHECKING:
+    from training.retrain import StepContext
+    from training.steps import Built, Decision, Extracted, Promotion, Skipped, Trained, Validation
+
+for _type in STEP_TYPES:
+    allow_class(_type)
 
 
 def _settings() -> Any:
@@ -33,31 +53,60 @@ def _settings() -> Any:
     return get_settings()
 
 
+def _context(model: str, run_id: str | None) -> StepContext:
+    from training.retrain import StepContext
+
+    return StepContext.build(_settings(), model, str(run_id))
+
+
 def _model_names() -> list[str]:
     # Specs are small YAML files: reading them at parse time is cheap and touches no database.
     from training.models import model_entries
-    from training.settings import get_settings
 
-    return list(model_entries(get_settings()))
+    return list(model_entries(_settings()))
+
+
+def champion_asset(model: str) -> Asset:
+    """The Airflow Asset updated each time ``model`` gets a new champion: schedule a DAG on it
+    (``schedule=[champion_asset("churn")]``) to act on every promotion."""
+    return Asset(f"driftloop://{model}/champion")
 
 
 def _record_failure(model: str) -> Any:
     """The tasks' failure callback: the run ``failed`` in the store, its candidate rejected (else
-    the run would stay ``trained`` and its model a ``candidate`` forever)."""
+    the run would stay ``trained`` and its model a ``candidate`` forever).
+
+    Airflow calls ``on_failure_callback`` only once no retry remains: a try that will be retried
+    calls ``on_retry_callback`` instead, so a transient error that a retry gets past leaves the run
+    open. (Comparing ``try_number`` with ``max_tries`` here would be wrong: an
+    ``AirflowFailException`` fails for good on the first try.)
+    """
 
     def callback(context: Any) -> None:
         from training.runs import record_failure
 
+        ti = context["ti"]
         error = context.get("exception")
         record_failure(
             _settings(),
             model,
             str(context["run_id"]),
-            context["ti"].task_id,
+            ti.task_id,
             f"{type(error).__name__}: {error}" if error is not None else "unknown error",
         )
 
     return callback
+
+
+def _default_args(model: str) -> dict[str, Any]:
+    settings = _settings()
+    return {
+        "on_failure_callback": _record_failure(model),
+        "retries": settings.retrain_retries,
+        "retry_delay": timedelta(seconds=settings.retrain_retry_delay_s),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(seconds=settings.retrain_retry_max_delay_s),
+    }
 
 
 def retrain_dag(model: str) -> Any:
@@ -74,7 +123,9 @@ def _retrain_dag(dag_id: str, model: str) -> Any:
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
         catchup=False,
         max_active_runs=1,
-        default_args={"on_failure_callback": _record_failure(model)},
+        # A run a crash left `running` would hold back every later one (max_active_runs=1).
+        dagrun_timeout=timedelta(hours=_settings().retrain_timeout_hours),
+        default_args=_default_args(model),
         doc_md=__doc__,
         tags=["driftloop"],
         params={
@@ -91,70 +142,104 @@ def _retrain_dag(dag_id: str, model: str) -> Any:
             run_id: str | None = None,
             dag_run: Any = None,
             data_interval_end: datetime | None = None,
-        ) -> dict[str, Any]:
+        ) -> Extracted:
             assert params is not None
             from training.retrain import extract as step
 
             # Manual runs have no data interval; they look back from when they were asked to run.
             end = data_interval_end or dag_run.run_after
-            return step(_settings(), model, str(run_id), end, float(params["window_days"]))
+            return step(_context(model, run_id), end, float(params["window_days"]))
 
         @task
         def check_drift(
-            extracted: dict[str, Any],
+            extracted: Extracted,
             params: dict[str, Any] | None = None,
             run_id: str | None = None,
-        ) -> dict[str, Any]:
+        ) -> Decision:
             assert params is not None
             from training.retrain import check_drift as step
 
-            return step(_settings(), model, str(run_id), extracted, force=bool(params["force"]))
+            return step(_context(model, run_id), extracted, force=bool(params["force"]))
 
         @task.branch
-        def decide(decision: dict[str, Any]) -> str:
-            return "train_challenger" if decision["decision"] == "retrain" else "record_skip"
+        def decide(decision: Decision) -> str:
+            return "train_challenger" if decision.decision == "retrain" else "record_skip"
 
         @task
-        def record_skip(decision: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+        def record_skip(decision: Decision, run_id: str | None = None) -> Skipped:
             from training.retrain import record_skip as step
 
-            return step(_settings(), model, str(run_id), decision)
+            return step(_context(model, run_id), decision)
 
         @task
         def train_challenger(
-            decision: dict[str, Any], extracted: dict[str, Any], run_id: str | None = None
-        ) -> dict[str, Any]:
+            decision: Decision, extracted: Extracted, run_id: str | None = None
+        ) -> Trained:
             from training.retrain import train_challenger as step
 
-            return step(_settings(), model, str(run_id), decision, extracted["dataset_uri"])
+            return step(_context(model, run_id), decision, extracted.dataset_uri)
 
         @task
-        def validate(trained: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+        def validate(trained: Trained, run_id: str | None = None) -> Validation:
             from training.retrain import validate as step
 
-            return step(_settings(), model, str(run_id), trained)
+            return step(_context(model, run_id), trained)
 
         @task.short_circuit
-        def passed_gates(validation: dict[str, Any]) -> bool:
-            return bool(validation["passed"])
+        def passed_gates(validation: Validation) -> bool:
+            return validation.passed
 
         @task
-        def build_bento(validation: dict[str, Any]) -> dict[str, Any]:
+        def build_bento(validation: Validation, run_id: str | None = None) -> Built:
             from training.retrain import build_challenger_bento as step
 
-            return step(_settings(), validation)
+            return step(_context(model, run_id), validation.challenger_tag)
 
         @task
-        def containerize(built: dict[str, Any]) -> dict[str, Any]:
+        def containerize(built: Built, run_id: str | None = None) -> Built:
             from training.retrain import containerize_bento as step
 
-            return step(_settings(), built)
+            return step(_context(model, run_id), built)
 
-        @task
-        def promote(built: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+        @task(outlets=[champion_asset(model)])
+        def promote(
+            built: Built, run_id: str | None = None, outlet_events: Any = None
+        ) -> Promotion:
             from training.retrain import promote as step
 
-            return step(_settings(), model, str(run_id), built)
+            promotion = step(_context(model, run_id), built)
+            # The asset event says which champion it is about (a re-run that changed nothing too:
+            # consumers read the tag and find it already served).
+            outlet_events[champion_asset(model)].extra = {
+                "champion_tag": promotion.champion_tag,
+                "bento_tag": promotion.bento_tag,
+                "version": promotion.version,
+                "changed": promotion.changed,
+            }
+            return promotion
+
+        @task
+        def rollout(promotion: Promotion, run_id: str | None = None) -> dict[str, Any]:
+            from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+            from training.errors import DriftloopError
+            from training.release.deploy import rollout_after_promotion as step
+
+            try:
+                done = step(
+                    _settings(),
+                    model,
+                    str(run_id),
+                    champion_tag=promotion.champion_tag,
+                    bento_tag=promotion.bento_tag,
+                    previous_champion=promotion.previous_champion,
+                )
+            except DriftloopError as exc:
+                # A retry would roll out a version the registry no longer calls the champion.
+                raise AirflowFailException(str(exc)) from exc
+            if "skipped" in done:
+                raise AirflowSkipException(done["skipped"])
+            return done
 
         extracted = extract()
         decision = check_drift(extracted)
@@ -164,7 +249,7 @@ def _retrain_dag(dag_id: str, model: str) -> Any:
         validation = validate(trained)
         built = build_bento(validation)
         passed_gates(validation) >> built
-        promote(containerize(built))
+        rollout(promote(containerize(built)))
 
     return driftloop_retrain()
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from urllib.error import URLError
@@ -27,6 +27,7 @@ from training.models import dag_id, model_entries
 from training.postgres import database_url
 from training.private_files import open_private, private_dirs, private_home, tighten
 from training.settings import Settings
+from training.supervise import Supervisor
 
 __all__ = [
     "AirflowSetup",
@@ -198,8 +199,11 @@ _DAG_TEST = """
 import json, runpy, sys
 namespace = runpy.run_path(sys.argv[1], run_name="driftloop_dag_test")
 run = namespace[sys.argv[3]].test(run_conf=json.loads(sys.argv[2]))
-tasks = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-print("DAG_TEST_RESULT=" + json.dumps({"state": str(run.state), "run_id": run.run_id, "tasks": tasks}))
+tis = run.get_task_instances()
+tasks = {ti.task_id: str(ti.state) for ti in tis}
+tries = {ti.task_id: ti.try_number for ti in tis}
+found = {"state": str(run.state), "run_id": run.run_id, "tasks": tasks, "tries": tries}
+print("DAG_TEST_RESULT=" + json.dumps(found))
 """
 
 
@@ -209,6 +213,8 @@ class DagTestResult:
     run_id: str
     tasks: dict[str, str]
     log: str
+    # How many times each task ran (more than 1: it was retried).
+    tries: dict[str, int] = field(default_factory=dict)
 
 
 def dag_test(setup: AirflowSetup, conf: dict[str, object], model: str = "churn") -> DagTestResult:
@@ -233,7 +239,9 @@ def dag_test(setup: AirflowSetup, conf: dict[str, object], model: str = "churn")
     for line in result.stdout.splitlines():
         if line.startswith("DAG_TEST_RESULT="):
             found = json.loads(line.removeprefix("DAG_TEST_RESULT="))
-            return DagTestResult(found["state"], found["run_id"], found["tasks"], log)
+            return DagTestResult(
+                found["state"], found["run_id"], found["tasks"], log, found.get("tries", {})
+            )
     raise DriftloopError(f"dag.test() did not finish: {' | '.join(log.strip().splitlines()[-5:])}")
 
 
@@ -293,60 +301,42 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop
 
 
-def _stop_all(processes: dict[str, subprocess.Popen[bytes]], grace: float = 30) -> None:
-    # Each component leads a session of its own (so a terminal's Ctrl-C reaches only the launcher),
-    # hence the launcher signals each group: that reaches the LocalExecutor's workers and the
-    # api-server's uvicorn workers too.
-    for process in processes.values():
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for process in processes.values():
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def run_ui(
-    setup: AirflowSetup, *, echo: Callable[[str], None] = _echo, stop_after: float | None = None
+    setup: AirflowSetup,
+    *,
+    echo: Callable[[str], None] = _echo,
+    stop_after: float | None = None,
+    backoff_s: float = 2.0,
 ) -> int:
-    """Start api-server, scheduler and dag-processor; print where to log in; stop all on Ctrl-C
-    or SIGTERM.
+    """Start api-server, scheduler and dag-processor; print where to log in; restart a component
+    that dies (after a back-off that doubles with each restart in a row, up to a minute, with a
+    line saying so); stop all on Ctrl-C or SIGTERM.
 
-    Returns the exit code: 0 after a clean stop, 1 when a component died or never came up.
+    Returns the exit code: 0 after a clean stop, 1 when a component never came up.
     """
     migrate(setup)
     logs = private_dirs(setup.home / "logs")
-    processes: dict[str, subprocess.Popen[bytes]] = {}
+    components = Supervisor(env=setup.env, echo=echo, backoff_s=backoff_s, umask=AIRFLOW_UMASK)
     # SIGTERM (a supervisor, `kill`, a test) must stop the components like Ctrl-C does; Python's
     # default would end the launcher at once and orphan them in their own sessions.
     previous = signal.signal(signal.SIGTERM, _raise_stop)
 
     def start(component: str, *args: str) -> None:
         # The api-server's log holds the generated admin password.
-        with open_private(logs / f"{component}.log", "ab") as out:
-            processes[component] = subprocess.Popen(
-                [sys.executable, "-m", "airflow", component, *args],
-                env=setup.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                umask=AIRFLOW_UMASK,
-            )
+        command = [sys.executable, "-m", "airflow", component, *args]
+        components.start(component, command, logs / f"{component}.log")
 
     def all_alive() -> bool:
-        return all(p.poll() is None for p in processes.values())
+        return all(components.alive(name) for name in components.components)
 
     try:
         start("api-server")
         start("dag-processor")
         echo(f"starting Airflow (logs in {logs}) ...")
+        # A component that dies before the UI is up is a setup problem (a taken port, a broken
+        # config): say so at once rather than restart it forever.
         if not _wait_for(f"{setup.url}/api/v2/monitor/health", 300, all_alive):
-            dead = [name for name, p in processes.items() if p.poll() is not None]
+            dead = [name for name in components.components if not components.alive(name)]
             echo(f"Airflow did not come up (stopped: {', '.join(dead) or 'none'}); see {logs}")
             return 1
         # Made under AIRFLOW_UMASK already; kept 0600 should Airflow ever set its mode itself.
@@ -364,13 +354,10 @@ def run_ui(
         dags = ", ".join(dag_id(name) for name in setup.models)
         echo(f"DAGs {dags}: scheduled daily; trigger them with params from the UI. Ctrl-C stops.")
         deadline = None if stop_after is None else time.monotonic() + stop_after
-        while all_alive():
-            if deadline is not None and time.monotonic() > deadline:
-                return 0
+        while deadline is None or time.monotonic() < deadline:
+            components.check()
             time.sleep(1)
-        dead = [name for name, p in processes.items() if p.poll() is not None]
-        echo(f"Airflow component(s) stopped: {', '.join(dead)}; see {logs}")
-        return 1
+        return 0
     except (KeyboardInterrupt, _Stop):
         echo("stopping Airflow ...")
         return 0
@@ -379,7 +366,7 @@ def run_ui(
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            _stop_all(processes)
+            components.stop()
         finally:
             signal.signal(signal.SIGINT, previous_int)
             signal.signal(signal.SIGTERM, previous)

@@ -19,7 +19,7 @@ from training.columns import not_a_time, parse_times
 from training.evaluate import Evaluation, evaluate, judge
 from training.features import feature_frame
 from training.postgres import ensure_database
-from training.retrain import build_challenger_bento, promote
+from training.retrain import StepContext, build_challenger_bento, promote
 from training.rowids import row_request_ids
 from training.runs import read_frame, record_training_run, safe_key, upload_frame
 from training.settings import Settings
@@ -215,12 +215,13 @@ def train_champion(
     if not verdict.passed:
         return result
     progress(f"model {tag} passed its gates; building its Bento")
-    built = build_challenger_bento(settings, {"challenger_tag": tag})
-    promoted = promote(settings, spec.name, run_key, built)
+    ctx = StepContext(settings, spec, ensure_database(settings), run_key)
+    built = build_challenger_bento(ctx, tag)
+    promoted = promote(ctx, built)
     return ChampionRun(
         **(
             asdict(result)
-            | {"promoted": True, "bento_tag": built["bento_tag"], "version": promoted["version"]}
+            | {"promoted": True, "bento_tag": built.bento_tag, "version": promoted.version}
         )
     )
 

@@ -282,9 +282,11 @@ def validate(ctx: StepContext, trained: Trained) -> Validation:
     holdout[spec.target] = holdout[spec.target].astype("int64")
     with connect(ctx.url) as conn:
         champ = registry.champion(conn, spec.name)
-    # A re-run after promote: the challenger is the champion now; compare with the one it replaced.
-    if champ is not None and champ.tag == trained.challenger_tag:
-        champ = _replaced(ctx, champ.tag)
+    # A re-run after promote: the challenger is the champion now; compare with the one it replaced,
+    # and leave the run `promoted`.
+    promoted = champ if champ is not None and champ.tag == trained.challenger_tag else None
+    if promoted is not None:
+        champ = _replaced(ctx, promoted.tag)
     challenger_pipeline, _ = registry.load_model(trained.challenger_tag)
     challenger_eval = evaluate(challenger_pipeline, spec, holdout)
     champion_eval: Evaluation | None = None
@@ -301,12 +303,12 @@ def validate(ctx: StepContext, trained: Trained) -> Validation:
         ctx.url,
         spec.name,
         ctx.run_key,
-        status="trained" if verdict.passed else "rejected",
-        reason=verdict.reason,
+        status="promoted" if promoted else "trained" if verdict.passed else "rejected",
+        reason=f"promoted to champion v{promoted.version}" if promoted else verdict.reason,
         metrics=metrics,
         gates=gates,
     )
-    if not verdict.passed:
+    if not verdict.passed and promoted is None:
         with connect(ctx.url) as conn:
             registry.reject(conn, trained.challenger_tag)
     return Validation(
@@ -362,6 +364,14 @@ def containerize_bento(ctx: StepContext, built: Built) -> Built:
         return replace(built, image=None, image_skipped="DRIFTLOOP_CONTAINERIZE is off")
     from training.release import containerize, record_image
 
+    with connect(ctx.url) as conn:
+        done = registry.deployments(conn, target="image", bento_tag=built.bento_tag, limit=1)
+    if done:
+        # A re-run: the image of this Bento was built and recorded already.
+        detail = done[0].detail
+        return replace(
+            built, image=detail["image"], image_size_bytes=detail.get("size_bytes"), reused=True
+        )
     image = containerize(settings, built.bento_tag, repository=settings.image_repository)
     record_image(ctx.url, built.challenger_tag, image)
     return replace(built, image=image.image, image_size_bytes=image.size_bytes)

@@ -1,10 +1,17 @@
-"""The loop's shared records: frames in the artifact store, and rows of ``training_runs``."""
+"""The loop's run records: each run's frames in the artifact store, and every write and read of
+``drift_runs`` and ``training_runs`` (plus the summary ``driftloop status`` prints).
+
+Functions take a database URL (a step's context has it, migrations applied once per task); the
+older ones also accept the settings, to find the URL by.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 import tempfile
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +22,23 @@ from training.postgres import ensure_database
 from training.settings import Settings
 from training.store import connect
 
-__all__ = ["read_frame", "record_failure", "record_training_run", "safe_key", "upload_frame"]
+__all__ = [
+    "RunSummary",
+    "close_stale_runs",
+    "read_frame",
+    "record_drift_run",
+    "record_failure",
+    "record_training_run",
+    "recorded_challenger",
+    "reopen_candidate",
+    "run_summary",
+    "safe_key",
+    "upload_frame",
+]
+
+
+def _url(db: Settings | str) -> str:
+    return db if isinstance(db, str) else ensure_database(db)
 
 
 def safe_key(run_key: str) -> str:
@@ -36,7 +59,7 @@ def read_frame(settings: Settings, uri: str) -> pd.DataFrame:
 
 
 def record_training_run(
-    settings: Settings,
+    db: Settings | str,
     model: str,
     run_key: str,
     *,
@@ -48,7 +71,7 @@ def record_training_run(
     metrics: dict[str, Any] | None = None,
     gates: list[dict[str, Any]] | None = None,
 ) -> int:
-    with connect(ensure_database(settings)) as conn, conn.cursor() as cur:
+    with connect(_url(db)) as conn, conn.cursor() as cur:
         cur.execute(
             "INSERT INTO training_runs (model_name, run_key, drift_run_id, status, reason,"
             " champion_tag, challenger_tag, metrics, gates, finished_at)"
@@ -96,11 +119,11 @@ _REJECT_CANDIDATE = (
 )
 
 
-def record_failure(settings: Settings, model: str, run_key: str, step: str, error: str) -> bool:
+def record_failure(db: Settings | str, model: str, run_key: str, step: str, error: str) -> bool:
     """Record that ``step`` of run ``run_key`` failed with ``error``: the run ``failed`` with its
     finish time and reason, its candidate ``rejected``. False when the run had already ended."""
     first_line = (error.strip().splitlines() or ["(no message)"])[0][:500]
-    with connect(ensure_database(settings)) as conn, conn.cursor() as cur:
+    with connect(_url(db)) as conn, conn.cursor() as cur:
         cur.execute(_FAIL_RUN, {"m": model, "k": run_key, "r": f"{step} failed: {first_line}"})
         row = cur.fetchone()
         if row is None:
@@ -108,3 +131,155 @@ def record_failure(settings: Settings, model: str, run_key: str, step: str, erro
         if row[0] is not None:
             cur.execute(_REJECT_CANDIDATE, (row[0],))
         return True
+
+
+_UPSERT_DRIFT_RUN = """
+INSERT INTO drift_runs (model_name, run_key, window_start, window_end, champion_tag, rows,
+    labelled_rows, drift_share, drifted, columns, performance, dataset_uri, report_uri, decision,
+    reason)
+VALUES (%(m)s, %(k)s, %(s)s, %(e)s, %(c)s, %(r)s, %(l)s, %(ds)s, %(d)s, %(cols)s, %(perf)s,
+    %(uri)s, %(rep)s, %(dec)s, %(why)s)
+ON CONFLICT (model_name, run_key) DO UPDATE SET drift_share = EXCLUDED.drift_share,
+    drifted = EXCLUDED.drifted, columns = EXCLUDED.columns, performance = EXCLUDED.performance,
+    report_uri = EXCLUDED.report_uri, decision = EXCLUDED.decision, reason = EXCLUDED.reason
+RETURNING id
+"""
+
+
+def record_drift_run(
+    url: str,
+    model: str,
+    run_key: str,
+    *,
+    window_start: str,
+    window_end: str,
+    champion_tag: str | None,
+    rows: int,
+    labelled_rows: int,
+    drift_share: float | None,
+    drifted: bool | None,
+    columns: dict[str, Any],
+    performance: dict[str, Any],
+    dataset_uri: str,
+    report_uri: str | None,
+    decision: str,
+    reason: str,
+) -> int:
+    """Record (or, on a re-run of the same run key, update) the drift check; returns its id."""
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            _UPSERT_DRIFT_RUN,
+            {
+                "m": model,
+                "k": run_key,
+                "s": window_start,
+                "e": window_end,
+                "c": champion_tag,
+                "r": rows,
+                "l": labelled_rows,
+                "ds": drift_share,
+                "d": drifted,
+                "cols": json.dumps(columns),
+                "perf": json.dumps(performance),
+                "uri": dataset_uri,
+                "rep": report_uri,
+                "dec": decision,
+                "why": reason,
+            },
+        )
+        row = cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def recorded_challenger(url: str, model: str, run_key: str) -> str | None:
+    """The challenger a run already trained and registered (a re-run reuses it), if any."""
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT r.challenger_tag FROM training_runs r"
+            " JOIN model_versions v ON v.tag = r.challenger_tag"
+            " WHERE r.model_name = %s AND r.run_key = %s",
+            (model, run_key),
+        )
+        row = cur.fetchone()
+    return None if row is None else str(row[0])
+
+
+def reopen_candidate(url: str, tag: str) -> None:
+    """A run cleared after a failure tries again: its challenger, rejected by the failure (not by
+    its gates, which ``validate`` applies again next), is a candidate once more."""
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE model_versions SET status = 'candidate' WHERE tag = %s AND status = 'rejected'",
+            (tag,),
+        )
+
+
+# A run still `trained` without a finish time, long after it started, was interrupted (the task
+# process or the machine died, the database went away): no callback ran, so nothing else closes it.
+_CLOSE_STALE = """
+UPDATE training_runs SET status = 'failed', finished_at = now(),
+    reason = 'interrupted: no step finished it within ' || %(age)s || ' (closed by run '
+        || %(by)s || ')'
+WHERE model_name = %(m)s AND status = 'trained' AND finished_at IS NULL
+    AND created_at < now() - %(older)s AND run_key <> %(by)s
+RETURNING run_key, challenger_tag
+"""
+
+
+def close_stale_runs(url: str, model: str, *, older_than: timedelta, by: str) -> list[str]:
+    """Close ``model``'s training runs interrupted by a crash: ``failed`` with the reason, their
+    candidates rejected. Returns the run keys closed."""
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            _CLOSE_STALE, {"m": model, "older": older_than, "age": str(older_than), "by": by}
+        )
+        closed = cur.fetchall()
+        for _, tag in closed:
+            if tag is not None:
+                cur.execute(_REJECT_CANDIDATE, (tag,))
+    return [str(key) for key, _ in closed]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A model's last drift check, its training run, the champion and the champion's image."""
+
+    drift: tuple[Any, ...] | None
+    training: tuple[Any, ...] | None
+    champion: tuple[Any, ...] | None
+    image: tuple[Any, ...] | None
+
+
+def run_summary(url: str, model_name: str) -> RunSummary:
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT run_key, window_start, window_end, rows, labelled_rows, drift_share, drifted,"
+            " columns, performance, dataset_uri, report_uri, decision, reason"
+            " FROM drift_runs WHERE model_name = %s ORDER BY id DESC LIMIT 1",
+            (model_name,),
+        )
+        drift = cur.fetchone()
+        training: tuple[Any, ...] | None = None
+        if drift is not None:
+            cur.execute(
+                "SELECT status, reason, metrics, gates, challenger_tag FROM training_runs"
+                " WHERE model_name = %s AND run_key = %s",
+                (model_name, drift[0]),
+            )
+            training = cur.fetchone()
+        cur.execute(
+            "SELECT version, tag, bento_tag FROM model_versions"
+            " WHERE model_name = %s AND status = 'champion'",
+            (model_name,),
+        )
+        champion = cur.fetchone()
+        image = None
+        if champion is not None:
+            cur.execute(
+                "SELECT detail FROM deployments WHERE bento_tag = %s AND target = 'image'"
+                " ORDER BY created_at DESC LIMIT 1",
+                (champion[2],),
+            )
+            image = cur.fetchone()
+    return RunSummary(drift=drift, training=training, champion=champion, image=image)

@@ -57,13 +57,17 @@ def _seed(scenario: Scenario, n: int = 4000) -> dict[str, Any]:
     return champion
 
 
-def _query(sql: str, *params: object) -> list[tuple[Any, ...]]:
-    with connect(get_settings().database_url or "") as conn, conn.cursor() as cur:
+def _query(sql: str, *params: object, url: str | None = None) -> list[tuple[Any, ...]]:
+    with connect(url or get_settings().database_url or "") as conn, conn.cursor() as cur:
         cur.execute(sql, params)
         return cur.fetchall()
 
 
-def test_drift_trains_validates_and_promotes_a_new_bento(airflow: Path) -> None:
+def test_drift_trains_validates_and_promotes_a_new_bento(
+    airflow: Path, airflow_database_url: str
+) -> None:
+    """Also Airflow's side: each task pushed one XCom (its dataclass, not one per field), and the
+    promotion updated the champion's Asset with the new champion's tags."""
     import bentoml
 
     first = _seed(Scenario(kind="mixed"))
@@ -87,6 +91,33 @@ def test_drift_trains_validates_and_promotes_a_new_bento(airflow: Path) -> None:
     assert status == "promoted"
     report = _query("SELECT report_uri FROM drift_runs")[0][0]
     assert Path(report).read_text().lower().count("drift") > 10
+
+    xcoms = _query(
+        "SELECT task_id, key, value::text FROM xcom WHERE run_id = %s ORDER BY task_id",
+        result.run_id,
+        url=airflow_database_url,
+    )
+    keys = {(task, key) for task, key, _ in xcoms}
+    for task in ("extract", "check_drift", "train_challenger", "validate", "promote"):
+        assert (task, "return_value") in keys
+    # Besides each task's one value, only Airflow's own branch bookkeeping (``skipmixin_key``).
+    assert {key for _, key, _ in xcoms} == {"return_value", "skipmixin_key"}, keys
+    check_drift = next(value for task, _, value in xcoms if task == "check_drift")
+    assert "training.steps.Decision" in check_drift
+    [(extra, source_task)] = _query(
+        "SELECT e.extra, e.source_task_id FROM asset_event e JOIN asset a ON a.id = e.asset_id"
+        " WHERE a.uri = 'driftloop://churn/champion' AND e.source_run_id = %s",
+        result.run_id,
+        url=airflow_database_url,
+    )
+    assert source_task == "promote"
+    [(champion_tag,)] = _query("SELECT tag FROM model_versions WHERE status = 'champion'")
+    assert extra == {
+        "champion_tag": champion_tag,
+        "bento_tag": new_bento,
+        "version": 2,
+        "changed": True,
+    }
 
 
 def test_no_drift_skips_with_its_reason(airflow: Path) -> None:
@@ -144,13 +175,16 @@ def test_failed_gates_reject_the_challenger_and_keep_the_champion(
     assert versions[1][1:] == ("rejected", None)
 
 
-def test_a_failing_step_records_the_run_failed_and_rejects_its_candidate(
+def test_a_failing_step_is_retried_then_records_the_run_failed_and_rejects_its_candidate(
     airflow: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A real failure late in the run: containerize with the docker backend and no Docker daemon
-    (this machine has the client, not the daemon). Before the failure callback, the run stayed
-    ``trained`` without a finish time and its model a ``candidate`` forever."""
+    (this machine has the client, not the daemon). It is tried twice (one retry, 1 s apart), and
+    only then does the failure callback close the run. Before it, the run stayed ``trained``
+    without a finish time and its model a ``candidate`` forever."""
     champion = _seed(Scenario(kind="mixed"))
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN_RETRIES", "1")
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN_RETRY_DELAY_S", "1")
     monkeypatch.setenv("DRIFTLOOP_CONTAINERIZE", "true")
     monkeypatch.setenv("DRIFTLOOP_IMAGE_BACKEND", "docker")
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
@@ -160,6 +194,8 @@ def test_a_failing_step_records_the_run_failed_and_rejects_its_candidate(
     assert result.state == "failed", result.log[-4000:]
     assert result.tasks["build_bento"] == "success"
     assert result.tasks["containerize"] == "failed"
+    assert result.tries["containerize"] == 2
+    assert result.tries["build_bento"] == 1
     [(status, reason, finished)] = _query(
         "SELECT status, reason, finished_at IS NOT NULL FROM training_runs WHERE run_key = %s",
         result.run_id,

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from training.cli.common import Progress, add_model_argument, store, task_progress
 from training.errors import DriftloopError
 from training.redact import redact_url
 from training.settings import Settings
 
-__all__ = ["add_parsers", "print_summary", "summary"]
+if TYPE_CHECKING:
+    from training.runs import RunSummary
+
+__all__ = ["add_parsers", "print_summary"]
 
 
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
@@ -35,44 +38,8 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def summary(settings: Settings, url: str, model_name: str) -> dict[str, Any]:
-    from training.store import connect
-
-    with connect(url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT run_key, window_start, window_end, rows, labelled_rows, drift_share, drifted,"
-            " columns, performance, dataset_uri, report_uri, decision, reason"
-            " FROM drift_runs WHERE model_name = %s ORDER BY id DESC LIMIT 1",
-            (model_name,),
-        )
-        drift = cur.fetchone()
-        training: tuple[Any, ...] | None = None
-        if drift is not None:
-            cur.execute(
-                "SELECT status, reason, metrics, gates, challenger_tag FROM training_runs"
-                " WHERE model_name = %s AND run_key = %s",
-                (model_name, drift[0]),
-            )
-            training = cur.fetchone()
-        cur.execute(
-            "SELECT version, tag, bento_tag FROM model_versions"
-            " WHERE model_name = %s AND status = 'champion'",
-            (model_name,),
-        )
-        champion = cur.fetchone()
-        image = None
-        if champion is not None:
-            cur.execute(
-                "SELECT detail FROM deployments WHERE bento_tag = %s AND target = 'image'"
-                " ORDER BY created_at DESC LIMIT 1",
-                (champion[2],),
-            )
-            image = cur.fetchone()
-    return {"drift": drift, "training": training, "champion": champion, "image": image}
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    drift, training, champion = summary["drift"], summary["training"], summary["champion"]
+def print_summary(summary: RunSummary) -> None:
+    drift, training, champion = summary.drift, summary.training, summary.champion
     print()
     print("=" * 72)
     if drift is None:
@@ -135,8 +102,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     if champion is not None:
         version, tag, bento = champion
         print(f"  serving           champion v{version} {tag}, Bento {bento}")
-        if summary.get("image"):
-            detail = summary["image"][0]
+        if summary.image:
+            detail = summary.image[0]
             size = f", {detail['size_bytes'] / 1e6:.0f} MB" if detail.get("size_bytes") else ""
             print(f"  image             {detail['image']} ({detail['backend']}{size})")
         else:
@@ -165,6 +132,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from training import registry
     from training.airflow_local import airflow_env, dags_test, migrate
     from training.champion import bootstrap_champion
+    from training.runs import run_summary
     from training.simulate import simulate_traffic
     from training.spec import BUILTIN_SPEC, load_spec
     from training.store import connect
@@ -230,7 +198,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     )
     step("retrain DAG run succeeded")
 
-    print_summary(summary(settings, url, spec.name))
+    print_summary(run_summary(url, spec.name))
     with connect(url) as conn:
         current = registry.champion(conn, spec.name)
     if current is not None:
@@ -244,6 +212,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from training.airflow_local import airflow_env, dags_test, migrate
     from training.models import dag_id, select_spec
+    from training.runs import run_summary
 
     step = Progress()
     name = select_spec(settings, args.model).name
@@ -260,7 +229,7 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
         task_progress(step),
     )
     step("retrain DAG run succeeded")
-    print_summary(summary(settings, url, name))
+    print_summary(run_summary(url, name))
     return 0
 
 
@@ -273,6 +242,7 @@ def cmd_airflow(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from training.models import model_entries
+    from training.runs import run_summary
 
     names = [args.model] if args.model else list(model_entries(settings))
     if args.model:
@@ -283,7 +253,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     for name in names:
         if len(names) > 1:
             print(f"\n# model {name}")
-        print_summary(summary(settings, url, name))
+        print_summary(run_summary(url, name))
     return 0
 
 

@@ -1,0 +1,69 @@
+"""The retrain DAG's retry, timeout and Asset settings, as Airflow parses them (no database)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+DAG_FILE = Path(__file__).parents[2] / "dags" / "retrain.py"
+
+_PARSE = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+dag = bag.dags["driftloop_retrain__churn"]
+task = dag.get_task("extract")
+print(json.dumps({
+    "errors": {k: str(v) for k, v in bag.import_errors.items()},
+    "retries": task.retries,
+    "retry_delay": task.retry_delay.total_seconds(),
+    "backoff": task.retry_exponential_backoff,
+    "max_retry_delay": task.max_retry_delay.total_seconds(),
+    "timeout": dag.dagrun_timeout.total_seconds(),
+    "outlets": {t.task_id: [a.uri for a in t.outlets] for t in dag.tasks if t.outlets},
+}))
+"""
+
+
+def _parse(tmp_path: Path, **extra_env: str) -> dict[str, object]:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/never-created.db",
+        "DRIFTLOOP_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+        "DRIFTLOOP_MODELS": str(tmp_path / "no-models-here"),
+        **extra_env,
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _PARSE, str(DAG_FILE)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    parsed: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
+    return parsed
+
+
+def test_retries_back_off_and_the_timeout_come_from_the_settings(tmp_path: Path) -> None:
+    defaults = _parse(tmp_path)
+    assert defaults["errors"] == {}
+    assert (defaults["retries"], defaults["retry_delay"], defaults["backoff"]) == (2, 60.0, 2.0)
+    assert defaults["max_retry_delay"] == 1800.0
+    assert defaults["timeout"] == 6 * 3600.0
+
+    tuned = _parse(
+        tmp_path,
+        DRIFTLOOP_RETRAIN_RETRIES="0",
+        DRIFTLOOP_RETRAIN_RETRY_DELAY_S="5",
+        DRIFTLOOP_RETRAIN_TIMEOUT_HOURS="0.5",
+    )
+    assert (tuned["retries"], tuned["retry_delay"], tuned["timeout"]) == (0, 5.0, 1800.0)
+
+
+def test_only_promote_updates_the_champions_asset(tmp_path: Path) -> None:
+    assert _parse(tmp_path)["outlets"] == {"promote": ["driftloop://churn/champion"]}
