@@ -419,10 +419,10 @@ def rollout(
     if canary is None:
         canary = client.create(_canary_manifest(stable, target, image, bento_tag, policy))
         assert canary.spec is not None
+        record("canary-started", {**base, "replicas": canary.spec.replicas})
         progress(
             f"canary {target.canary} started with {canary.spec.replicas} replica(s) of {image}"
         )
-        record("canary-started", {**base, "replicas": canary.spec.replicas})
     else:
         progress(f"canary {target.canary} of {image} found: resuming an interrupted rollout")
         record("canary-resumed", base)
