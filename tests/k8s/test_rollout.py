@@ -263,3 +263,39 @@ def test_a_canary_left_by_another_rollout_is_removed_first(kube: KubeTest, store
     statuses = [status for status, _, _ in _records(store_url, kube.namespace)]
     assert statuses[:2] == ["canary-started", "canary-removed"]
     assert statuses[-1] == "promoted"
+
+
+def test_the_dags_rollout_step_gives_the_champion_back_when_the_rollout_fails(
+    kube: KubeTest, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retrain DAG's last task (training.release.deploy.rollout_after_promotion), called as
+    the task calls it after promote made churn:b the champion."""
+    from training.release.deploy import rollout_after_promotion
+    from training.release.rollout import RolloutFailed
+
+    _versions(store_url, "registry.test/churn_service:broken-b")
+    promoted = {"champion_tag": "churn:b", "bento_tag": NEW_BENTO, "previous_champion": "churn:a"}
+
+    monkeypatch.setenv("DRIFTLOOP_ROLLOUT", "off")
+    assert rollout_after_promotion(get_settings(), "churn", "run-1", **promoted) == {
+        "skipped": "DRIFTLOOP_ROLLOUT is off"
+    }
+    assert _records(store_url, kube.namespace) == []
+
+    monkeypatch.setenv("DRIFTLOOP_ROLLOUT", "on")
+    with pytest.raises(RolloutFailed, match="not ready within the progress deadline"):
+        rollout_after_promotion(get_settings(), "churn", "run-1", **promoted)
+
+    assert _image(kube) == STABLE_IMAGE
+    with connect(store_url) as conn:
+        champion = registry.champion(conn, "churn")
+        last = registry.promotions(conn, "churn")[0]
+    assert champion is not None
+    assert champion.tag == "churn:a"
+    assert (last.tag, last.previous_tag, last.action, last.by) == (
+        "churn:a",
+        "churn:b",
+        "rollback",
+        "run run-1",
+    )
+    assert "the rollout of churn:b failed" in last.reason
