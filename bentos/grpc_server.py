@@ -26,9 +26,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -39,6 +36,7 @@ from pydantic import BaseModel, create_model
 
 from bentos.contract import MAX_ITEM_BYTES, items_per_request
 from bentos.feedback import STORE_DOWN, StoreDown
+from bentos.grpc_port import http_host
 from bentos.hotpath import Refusal, _validation_error, refusal
 from bentos.metrics import RefusalReason, observe_request, refused
 from bentos.prediction_log import SpoolFull
@@ -54,7 +52,7 @@ if TYPE_CHECKING:
     from training.keys import Scope as KeyScope
     from training.settings import Settings
 
-__all__ = ["CODES", "SERVICE", "GrpcServer", "check_port", "share_gate"]
+__all__ = ["CODES", "SERVICE", "GrpcServer", "share_gate"]
 
 log = logging.getLogger("driftloop.serve")
 T = TypeVar("T")
@@ -283,49 +281,6 @@ def _log_refusal(
         json.dumps(message)[:200],
         fields,
     )
-
-
-def http_host() -> str | None:
-    """The address this worker's HTTP socket is bound to (BentoML hands a worker its socket as
-    ``--fd N``), so that gRPC listens where HTTP does unless ``DRIFTLOOP_GRPC_HOST`` says else."""
-    argv = sys.argv
-    if "--fd" not in argv[:-1]:
-        return None
-    try:
-        fd = int(argv[argv.index("--fd") + 1])
-        with socket.socket(fileno=os.dup(fd)) as http:
-            return str(http.getsockname()[0])
-    except (ValueError, OSError):
-        return None
-
-
-def check_port(settings: Settings) -> bool:
-    """Whether the gRPC port is free, checked once by ``bentoml serve`` before its workers start.
-
-    Every worker binds the port with ``SO_REUSEPORT``, which would also let a second server of the
-    same user share a port already taken (another model's service, say) and take half its calls.
-    So the server checks first, without that option; when the port is taken it serves HTTP only,
-    says so in its log, and its workers leave gRPC off (``DRIFTLOOP_GRPC_PORT=0`` in their
-    environment).
-    """
-    if settings.grpc_port == 0:
-        return False
-    host = settings.grpc_host or "0.0.0.0"  # a probe: any listener on the port
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, settings.grpc_port))
-        except OSError as exc:
-            log.warning(
-                "gRPC port %d is taken (%s): this server answers HTTP only; set "
-                "DRIFTLOOP_GRPC_PORT to a free port (0: no gRPC)",
-                settings.grpc_port,
-                exc.strerror or exc,
-            )
-            os.environ["DRIFTLOOP_GRPC_PORT"] = "0"
-            return False
-    return True
 
 
 class GrpcServer:

@@ -156,7 +156,7 @@ class ChurnService:
     @bentoml.on_deployment
     def _grpc_port() -> None:
         """Check once, before the workers start, that the gRPC port is not another server's."""
-        from bentos.grpc_server import check_port
+        from bentos.grpc_port import check_port
         from training.settings import get_settings
 
         check_port(get_settings())

@@ -534,3 +534,39 @@ def test_the_readmes_grpc_example_runs(served: GrpcServed) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DRIFTLOOP_KEY", served.tokens["both"])
         exec(compile(example.replace("127.0.0.1:3001", served.target), "README.md", "exec"), {})
+
+
+def test_the_port_check_runs_where_only_the_bento_has_the_code(
+    champion: tuple[Champion, dict[str, str]], tmp_path: Path
+) -> None:
+    """``bentoml serve <bento>`` runs the service's on_deployment hooks (the gRPC port check
+    among them) after taking the Bento's code folder off ``sys.path`` again. Run them so, in an
+    interpreter where the checkout is not importable (as in the image), and they pass."""
+    repo = str(Path(__file__).resolve().parents[2])
+    script = (
+        "import sys\n"
+        f"sys.path = [p for p in sys.path if p not in ({repo!r}, '')]\n"
+        "from bentoml._internal.service.loader import load\n"
+        "from _bentoml_impl.server.serving import server_on_deployment\n"
+        f"service = load({champion[0].bento_tag!r})\n"
+        f"assert {repo!r} not in sys.path\n"
+        "try:\n"
+        "    import driftloop_grpc\n"
+        "except ImportError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise SystemExit('driftloop_grpc is importable here, unlike in the image')\n"
+        "server_on_deployment(service)\n"
+        "print('hooks ran')\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "DRIFTLOOP_GRPC_PORT": str(_free_port())},
+        check=False,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "hooks ran" in run.stdout
