@@ -63,6 +63,7 @@ def test_dag_imports_without_errors_and_wires_the_loop(tmp_path: Path) -> None:
         "passed_gates",
         "promote",
         "record_skip",
+        "rollout",
         "train_challenger",
         "validate",
     ]
