@@ -49,7 +49,8 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go dpkg-dev rsync >
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-apt-get source -qq "kubernetes=$version*" >/dev/null 2>&1 || apt-get source -qq kubernetes >/dev/null
+# bookworm's package is versioned 1.20.5+really1.20.2: its source is 1.20.2.
+apt-get source -qq kubernetes >/dev/null
 srcdir="$(find . -maxdepth 1 -type d -name 'kubernetes-*' | head -n 1)"
 cd "$srcdir"
 start=$(date +%s)
