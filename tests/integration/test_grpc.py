@@ -570,3 +570,25 @@ def test_the_port_check_runs_where_only_the_bento_has_the_code(
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "hooks ran" in run.stdout
+    # A worker loads the Bento for good (its code stays on sys.path) and builds its app, which
+    # imports the gRPC server and its stubs.
+    worker = (
+        "import sys\n"
+        f"sys.path = [p for p in sys.path if p not in ({repo!r}, '')]\n"
+        "from _bentoml_impl.loader import load\n"
+        f"service = load({champion[0].bento_tag!r}, standalone_load=True)\n"
+        "service.to_asgi(is_main=True)\n"
+        "import bentos.grpc_server, driftloop_grpc\n"
+        f"assert not driftloop_grpc.__file__.startswith({repo!r}), driftloop_grpc.__file__\n"
+        "print('worker ready')\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", worker],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "worker ready" in run.stdout
