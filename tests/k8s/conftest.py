@@ -145,7 +145,7 @@ def kube(kube_cluster: Kube, env: Path, monkeypatch: pytest.MonkeyPatch) -> Kube
         "DRIFTLOOP_K8S_NAMESPACE": namespace,
         "DRIFTLOOP_K8S_DEPLOYMENT": STABLE,
         "DRIFTLOOP_ROLLOUT_CANARY_SHARE": "0.34",
-        "DRIFTLOOP_ROLLOUT_PROGRESS_DEADLINE_S": "8",
+        "DRIFTLOOP_ROLLOUT_PROGRESS_DEADLINE_S": "15",
         "DRIFTLOOP_ROLLOUT_BAKE_S": "2",
         "DRIFTLOOP_ROLLOUT_POLL_S": "0.25",
     }.items():

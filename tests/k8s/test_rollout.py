@@ -160,7 +160,7 @@ def test_a_good_image_rolls_out_through_a_canary_behind_the_service_and_is_promo
 @pytest.mark.parametrize(
     ("image", "reason"),
     [
-        ("registry.test/churn_service:broken-b", "not ready within the progress deadline of 8s"),
+        ("registry.test/churn_service:broken-b", "not ready within the progress deadline of 15s"),
         ("registry.test/churn_service:crash-b", "restarted"),
     ],
 )
