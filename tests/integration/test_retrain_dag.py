@@ -78,6 +78,8 @@ def test_drift_trains_validates_and_promotes_a_new_bento(
     # DRIFTLOOP_CONTAINERIZE is off by default: the step passes through without an image.
     assert result.tasks["containerize"] == "success"
     assert _query("SELECT count(*) FROM deployments WHERE target = 'image'") == [(0,)]
+    # DRIFTLOOP_ROLLOUT is off by default: no cluster is touched and the task says it was skipped.
+    assert result.tasks["rollout"] == "skipped"
     [(decision, reason, share)] = _query("SELECT decision, reason, drift_share FROM drift_runs")
     assert decision == "retrain"
     assert "feature drift" in reason
