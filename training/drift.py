@@ -158,6 +158,11 @@ def detect_drift(
             f"drift needs rows on both sides (reference {len(reference)}, current {len(current)})"
         )
     policy = spec.drift
+    rows_reference, rows_current = len(reference), len(current)
+    # A uniform seeded sample of the whole window (labelled or not) beyond max_test_rows: at that
+    # size the distance floors decide, and the step stays fast on million-row windows.
+    reference = _sample(reference, policy.max_test_rows)
+    current = _sample(current, policy.max_test_rows)
     ref = feature_frame(spec, reference)
     cur = feature_frame(spec, current)
     empty = {
@@ -225,8 +230,8 @@ def detect_drift(
     drifted_columns = sum(c.drifted for c in features)
     share = drifted_columns / len(features)
     return DriftResult(
-        rows_reference=len(ref),
-        rows_current=len(cur),
+        rows_reference=rows_reference,
+        rows_current=rows_current,
         drift_share=share,
         drifted=drifted_columns >= policy.min_drifted_columns or share >= policy.share_threshold,
         columns=features,

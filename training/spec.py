@@ -117,6 +117,9 @@ class DriftPolicy(_Frozen):
     # Jensen-Shannon distance of the frequencies (categories, the label).
     categorical_min_distance: float = Field(0.1, ge=0)
     label_min_distance: float = Field(0.05, ge=0)
+    # Rows of each side the tests use (a seeded sample of the whole window past this): past it the
+    # distance floors decide, and a sample's distance differs from the full data's by ~0.005.
+    max_test_rows: int = Field(100_000, ge=1000)
     # Rows of each side the champion scores for prediction drift (a seeded sample past this).
     prediction_max_rows: int = Field(20_000, ge=1000)
     max_performance_drop: float = Field(0.05, ge=0)
