@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
+import sys
 from typing import TYPE_CHECKING, Any, cast
 
 import bentoml
@@ -32,6 +33,8 @@ from bentos import schemas as _schemas
 # Bento's arguments (which model it serves), so they are made again when those have changed.
 if bentoml.use_arguments(_schemas.BuildArgs) != _schemas.ARGS:
     importlib.reload(_schemas)
+    if "bentos.grpc_server" in sys.modules:  # its envelopes are made from the schemas too
+        importlib.reload(sys.modules["bentos.grpc_server"])
 
 from bentos.feedback import FeedbackDesk, StoreDown, store_down
 from bentos.schemas import (

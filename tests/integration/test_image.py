@@ -251,8 +251,9 @@ def test_a_build_that_fails_half_way_leaves_no_tagged_image(
 
 def test_the_dags_containerize_step_builds_the_image_when_enabled(built: Built) -> None:
     """The retrain DAG's containerize task calls this function; here with the image settings on."""
-    from training.retrain import containerize_bento
+    from training.retrain import StepContext, containerize_bento
     from training.settings import get_settings
+    from training.steps import Built as Step
 
     champion = built.champion
     with pytest.MonkeyPatch.context() as mp:
@@ -262,16 +263,17 @@ def test_the_dags_containerize_step_builds_the_image_when_enabled(built: Built) 
         mp.setenv("DRIFTLOOP_IMAGE_REPOSITORY", "localhost/driftloop-test-dag")
         for path in _extra_ca():
             mp.setenv("DRIFTLOOP_IMAGE_EXTRA_CA", str(path))
-        step = {"challenger_tag": champion.model_tag, "bento_tag": champion.bento_tag}
-        result = containerize_bento(get_settings(), step)
+        step = Step(challenger_tag=champion.model_tag, bento_tag=champion.bento_tag)
+        model = champion.model_tag.partition(":")[0]
+        result = containerize_bento(StepContext.build(get_settings(), model, "image-test"), step)
         mp.setenv("DRIFTLOOP_CONTAINERIZE", "false")
-        skipped = containerize_bento(get_settings(), step)
+        skipped = containerize_bento(StepContext.build(get_settings(), model, "image-test"), step)
 
     image = f"localhost/driftloop-test-dag:{champion.version}"
-    assert result["image"] == image
+    assert result.image == image
     assert image in _images(champion.home)
-    assert skipped["image"] is None
-    assert skipped["image_skipped"] == "DRIFTLOOP_CONTAINERIZE is off"
+    assert skipped.image is None
+    assert skipped.image_skipped == "DRIFTLOOP_CONTAINERIZE is off"
     subprocess.run(["buildah", "rmi", image], env=_engine(champion.home), check=False)
 
 

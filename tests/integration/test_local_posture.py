@@ -212,11 +212,12 @@ def listeners(tree: list[psutil.Process]) -> set[Listener]:
 
 @contextmanager
 def driftloop_serve(
-    home: Path, log: Path, bento_tag: str | None = None
+    home: Path, log: Path, bento_tag: str | None = None, grpc_port: int = 0
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """``driftloop serve`` (the champion of the environment's store), or a plain ``bentoml serve``
-    of ``bento_tag`` (as the image runs it), on a free port, in a session of its own; yields the
-    port once ``/readyz`` answers, and stops its whole process tree after."""
+    of ``bento_tag`` (as the image runs it), on a free port (gRPC on ``grpc_port``, 0: off), in a
+    session of its own; yields the port once ``/readyz`` answers, and stops its whole process tree
+    after."""
     port = _free_port()
     if bento_tag is None:
         command = [sys.executable, "-m", "training.cli", "serve", "--port", str(port)]
@@ -229,7 +230,7 @@ def driftloop_serve(
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env=dict(os.environ, PYTHONUNBUFFERED="1", DRIFTLOOP_GRPC_PORT=str(grpc_port)),
             cwd=home,
             start_new_session=True,
         )
@@ -260,22 +261,29 @@ def driftloop_serve(
 def test_no_other_user_reaches_the_served_bentos_process_manager(
     server_url: str, session_root: Path, plain_bentoml_serve: bool
 ) -> None:
-    """``driftloop serve`` listens on its HTTP port and on nothing else another user can reach:
-    circusd's control and pubsub endpoints are Unix sockets in a folder only the server's user can
-    enter. The owner still reaches the control endpoint (so these are circus's sockets, and the
-    probe works), and ``nobody`` still reaches the HTTP port (so the child probes as it should)."""
+    """``driftloop serve`` listens on its HTTP and gRPC ports and on nothing else another user can
+    reach: circusd's control and pubsub endpoints are Unix sockets in a folder only the server's
+    user can enter. The owner still reaches the control endpoint (so these are circus's sockets,
+    and the probe works), and ``nobody`` still reaches the HTTP port (so the child probes as it
+    should)."""
     home = session_root / f"posture-serve-{uuid.uuid4().hex[:8]}"
     home.mkdir()
+    grpc_port = _free_port()
     with (
         champion_environment(server_url, home) as champion,
         driftloop_serve(
-            home, home / "serve.log", champion.bento_tag if plain_bentoml_serve else None
+            home,
+            home / "serve.log",
+            champion.bento_tag if plain_bentoml_serve else None,
+            grpc_port=grpc_port,
         ) as (port, process),
     ):
         found = listeners(server_processes(process))
         http = Listener(("127.0.0.1", port))
+        grpc = Listener(("127.0.0.1", grpc_port))
         assert http in found, found
-        others = found - {http}
+        assert grpc in found, found  # the API's second door, guarded like HTTP (API keys)
+        others = found - {http, grpc}
 
         def connect_http() -> str:
             with socket.create_connection(("127.0.0.1", port), timeout=10):
