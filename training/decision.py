@@ -12,7 +12,8 @@ The rules, in order:
    too: training a model nobody can compare would only crash later.
 3. ``force``: retrain, with whatever reasons there were.
 4. No champion yet, feature drift (``drift.min_drifted_columns`` columns, or
-   ``drift.share_threshold`` of them), the champion's scores moved (prediction drift), the label's
+   ``drift.share_threshold`` of them), the champion's scores moved (prediction drift, when
+   ``drift.prediction_retrains``), the label's
    distribution moved, or the champion's live ROC AUC fell more than
    ``drift.max_performance_drop``: retrain, with every reason that applies.
 5. Otherwise skip: no drift and the champion holds its accuracy.
@@ -98,7 +99,11 @@ def decide(
         if drift.drifted:
             top = ", ".join(c.column for c in drift.most_drifted() if c.drifted)
             reasons.append(f"feature drift in {drift.drift_share:.0%} of columns: {top}")
-        if drift.prediction is not None and drift.prediction.drifted:
+        if (
+            spec.drift.prediction_retrains
+            and drift.prediction is not None
+            and drift.prediction.drifted
+        ):
             reasons.append(
                 f"the champion's scores moved (Wasserstein {drift.prediction.score:.3f} reference "
                 f"σ, >= {drift.prediction.threshold:.3f})"

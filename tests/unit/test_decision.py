@@ -126,7 +126,22 @@ def test_judgeable_names_what_a_holdout_lacks(labels: list[int], problem: str | 
         assert problem in found
 
 
+def _scores_retrain(spec: ModelSpec) -> ModelSpec:
+    data = spec.model_dump()
+    return ModelSpec.model_validate(
+        {**data, "drift": {**data["drift"], "prediction_retrains": True}}
+    )
+
+
+def test_moved_scores_alone_do_not_retrain_by_default(spec: ModelSpec) -> None:
+    assert _decide(spec, drift=_drift(0.0, scores_moved=True)) == (
+        "skip",
+        "no drift and the champion holds its accuracy",
+    )
+
+
 def test_moved_scores_retrain_and_say_by_how_much(spec: ModelSpec) -> None:
+    spec = _scores_retrain(spec)
     decision, reason = _decide(spec, drift=_drift(0.0, scores_moved=True))
     assert (decision, reason) == (
         "retrain",
@@ -138,6 +153,7 @@ def test_moved_scores_retrain_and_say_by_how_much(spec: ModelSpec) -> None:
 
 
 def test_moved_scores_join_the_other_reasons(spec: ModelSpec) -> None:
+    spec = _scores_retrain(spec)
     decision, reason = _decide(
         spec, drift=_drift(0.3, label_moved=True, scores_moved=True), live=LiveCheck(0.80, 0.70)
     )
