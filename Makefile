@@ -12,7 +12,7 @@ AIRFLOW_PORT ?= 8080
 # MODEL=<name> picks one model where the deployment has several (models/*.yaml).
 MODEL_ARG = $(if $(MODEL),--model $(MODEL))
 
-.PHONY: help setup demo serve airflow retrain status image image-tools observability-tools observability-check k8s-check k8s-test-tools test-k8s bench-serving client grpc-stubs test lint typecheck check stop clean
+.PHONY: help setup demo serve airflow retrain status image image-tools observability-tools observability-check browser-tools k8s-check k8s-test-tools test-k8s bench-serving client grpc-stubs test lint typecheck check stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -52,6 +52,12 @@ observability-tools: ## install Prometheus and promtool (Debian/Ubuntu, as root 
 	  echo "installing: prometheus"; \
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q --no-install-recommends prometheus; fi
+
+browser-tools: ## install Debian's chromium (as root or with sudo) for the Airflow UI browser test
+	@if command -v chromium >/dev/null || command -v google-chrome >/dev/null; then echo "a Chromium browser is installed"; else \
+	  echo "installing: chromium"; \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q --no-install-recommends chromium; fi
 
 observability-check: ## promtool check and unit tests of the alert rules in deploy/prometheus/
 	promtool check rules deploy/prometheus/driftloop-rules.yml

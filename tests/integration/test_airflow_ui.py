@@ -4,6 +4,12 @@ The launcher runs as a user would start it; the test logs in with the simple aut
 generated password, triggers the retrain DAG through the REST API with its params, waits for the
 run to succeed, and stops the launcher with SIGTERM, which must take all three components down.
 With an empty store the run takes the skip branch, and the skip is recorded in PostgreSQL.
+
+Then as a person: a real browser (Debian's chromium, driven by playwright) logs in on the login
+page, finds the DAG in the DAG list, opens the trigger form, switches ``force`` on, sets
+``window_days``, triggers, and sees the run succeed on its page; the run's conf is what the form
+said. A drift report (Evidently's HTML) opens in the same browser without a console error.
+Screenshots go to ``$DRIFTLOOP_TEST_ARTIFACTS/airflow-ui`` (``test-artifacts/`` by default).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote, unquote
 
 import httpx
 import psycopg2
@@ -227,3 +235,129 @@ def test_launcher_serves_schedules_and_runs_the_retrain_dag(launcher: Launcher, 
     status, reason = rows[0]
     assert status == "skipped"
     assert "too few labelled rows" in reason
+
+    _as_a_person(base_url, password, launcher)
+
+
+def _log_in(client: httpx.Client, password: str) -> None:
+    token = client.post("/auth/token", json={"username": "admin", "password": password})
+    assert token.status_code == 201, token.text
+    client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+
+
+def _browser() -> str:
+    # Debian's chromium; GitHub's Ubuntu runners ship Google Chrome instead.
+    chromium = next(
+        filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None
+    )
+    if chromium is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is missing: `make browser-tools` installs Debian's chromium")
+        pytest.skip("chromium is not installed (`make browser-tools`)")
+    return chromium
+
+
+def _as_a_person(base_url: str, password: str, launcher: Launcher) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect, sync_playwright
+
+    shots = Path(os.environ.get("DRIFTLOOP_TEST_ARTIFACTS", PROJECT_ROOT / "test-artifacts"))
+    shots = shots / "airflow-ui"
+    shots.mkdir(parents=True, exist_ok=True)
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        _log_in(client, password)
+
+        # Unpaused, the DAG's latest scheduled interval runs at once; while a run is active the
+        # DAG's page refreshes itself and re-renders an open form under the pointer.
+        def calm() -> bool | None:
+            runs = _api(client, "GET", f"/dags/{DAG_ID}/dagRuns")["dag_runs"]
+            return True if all(r["state"] not in ("queued", "running") for r in runs) else None
+
+        _poll("no run of the DAG in progress", RUN_TIMEOUT, calm, launcher)
+    with sync_playwright() as playwright:
+        # --no-sandbox: the suite may run as root, where chromium refuses its sandbox.
+        browser = playwright.chromium.launch(executable_path=_browser(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(60_000)
+            page.goto(f"{base_url}/")
+            page.fill("input[name=username]", "admin")
+            page.fill("input[name=password]", password)
+            page.screenshot(path=shots / "1-login.png")
+            page.get_by_role("button", name="Sign in").click()
+
+            page.get_by_role("link", name="Dags", exact=True).first.click()
+            # The DAG list shows it; its page is where a person triggers it with params.
+            expect(page.get_by_role("link", name=DAG_ID, exact=True).first).to_be_visible()
+            page.goto(f"{base_url}/dags/{DAG_ID}")
+            form = page.get_by_role("dialog")
+            # A click before the page has wired its buttons does nothing: click again, as a
+            # person would when the form does not open.
+            for _ in range(10):
+                page.get_by_role("button", name="Trigger Dag").click()
+                with contextlib.suppress(PlaywrightTimeout):
+                    form.get_by_text("Run Parameters").wait_for(timeout=6_000)
+                    break
+            # The form re-renders while the page refreshes its data: type as a person would
+            # rather than set an element's value that may be replaced meanwhile.
+            form.get_by_text("Run Parameters").wait_for()
+            form.locator("input[name=element_window_days]").click()
+            page.keyboard.press("Control+A")
+            page.keyboard.type("3")
+            form.locator("label[id='switch:element_force']").click(force=True)
+            expect(form.locator("input[name=element_window_days]")).to_have_value("3")
+            expect(form.locator("input[name=element_force]")).to_be_checked()
+            page.screenshot(path=shots / "2-trigger-form.png")
+            # The form's own button (the page's header has a "Trigger" button too).
+            page.get_by_role("button", name="Trigger", exact=True).last.click()
+
+            # The UI opens the new run's page.
+            page.wait_for_url(f"**/dags/{DAG_ID}/runs/**")
+            run_id = unquote(page.url.rsplit("/runs/", 1)[1])
+            deadline = time.monotonic() + RUN_TIMEOUT
+            badge = page.get_by_text("Success", exact=True).first
+            while not badge.is_visible():
+                if time.monotonic() > deadline:
+                    page.screenshot(path=shots / "3-run-timeout.png")
+                    pytest.fail(f"the UI never showed {run_id} succeed:\n{launcher.output()}")
+                page.wait_for_timeout(3000)
+                page.reload()
+            page.screenshot(path=shots / "3-run-succeeded.png")
+        finally:
+            browser.close()
+
+        with httpx.Client(base_url=base_url, timeout=30) as client:
+            _log_in(client, password)
+            run = _api(client, "GET", f"/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}")
+        assert run["state"] == "success", run
+        assert run["conf"] == {"force": True, "window_days": 3}, run["conf"]
+        assert run["run_type"] == "manual"
+
+        _a_drift_report_opens_cleanly(playwright, shots)
+
+
+def _a_drift_report_opens_cleanly(playwright: Any, shots: Path) -> None:
+    from training.drift import detect_drift
+    from training.spec import load_spec
+    from training.synthetic import Scenario, generate
+
+    report = shots / "drift_report.html"
+    detect_drift(
+        load_spec(),
+        generate(2000, seed=1),
+        generate(1000, seed=2, scenario=Scenario(kind="covariate")),
+        report,
+    )
+    browser = playwright.chromium.launch(executable_path=_browser(), args=["--no-sandbox"])
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("requestfailed", lambda r: problems.append(f"failed to load {r.url}"))
+        page.goto(report.as_uri(), wait_until="load")
+        page.get_by_text("monthly_charges").first.wait_for()
+        page.screenshot(path=shots / "4-drift-report.png")
+        assert problems == [], problems
+    finally:
+        browser.close()
