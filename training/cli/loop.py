@@ -69,7 +69,7 @@ def print_summary(summary: RunSummary) -> None:
     )
     if share is not None:
         drifted = sorted(
-            ((name, c) for name, c in columns.items() if name != "__target__"),
+            ((name, c) for name, c in columns.items() if not name.startswith("__")),
             key=lambda item: (not item[1]["drifted"], -item[1]["score"] / item[1]["threshold"]),
         )[:3]
         top = ", ".join(
@@ -81,6 +81,10 @@ def print_summary(summary: RunSummary) -> None:
         if target:
             moved = "moved" if target["drifted"] else "stable"
             print(f"  label             {moved} ({target['method']} {target['score']:.3f})")
+        scores = columns.get("__prediction__")
+        if scores:
+            moved = "moved" if scores["drifted"] else "stable"
+            print(f"  champion's scores {moved} ({scores['method']} {scores['score']:.3f})")
     if perf:
         print(
             f"  champion ROC AUC  {perf['baseline_auc']:.3f} when trained, {perf['recent_auc']:.3f} on the window's labels"
