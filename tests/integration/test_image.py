@@ -250,12 +250,20 @@ def test_a_build_that_fails_half_way_leaves_no_tagged_image(
 
 
 def test_the_dags_containerize_step_builds_the_image_when_enabled(built: Built) -> None:
-    """The retrain DAG's containerize task calls this function; here with the image settings on."""
+    """The retrain DAG's containerize task calls this function; here with the image settings on.
+    A re-run of the step (a cleared task) finds the image recorded and builds nothing."""
     from training.retrain import StepContext, containerize_bento
     from training.settings import get_settings
     from training.steps import Built as Step
+    from training.store import connect
 
     champion = built.champion
+    # The fixture recorded its own image of this Bento: as far as the step knows, none yet.
+    with connect(champion.database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "DELETE FROM deployments WHERE target = 'image' AND bento_tag = %s",
+            (champion.bento_tag,),
+        )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DRIFTLOOP_CONTAINERIZE", "true")
         mp.setenv("DRIFTLOOP_IMAGE_BACKEND", "buildah")
@@ -266,12 +274,15 @@ def test_the_dags_containerize_step_builds_the_image_when_enabled(built: Built) 
         step = Step(challenger_tag=champion.model_tag, bento_tag=champion.bento_tag)
         model = champion.model_tag.partition(":")[0]
         result = containerize_bento(StepContext.build(get_settings(), model, "image-test"), step)
+        again = containerize_bento(StepContext.build(get_settings(), model, "image-test"), step)
         mp.setenv("DRIFTLOOP_CONTAINERIZE", "false")
         skipped = containerize_bento(StepContext.build(get_settings(), model, "image-test"), step)
 
     image = f"localhost/driftloop-test-dag:{champion.version}"
     assert result.image == image
+    assert not result.reused
     assert image in _images(champion.home)
+    assert (again.image, again.reused) == (image, True)
     assert skipped.image is None
     assert skipped.image_skipped == "DRIFTLOOP_CONTAINERIZE is off"
     subprocess.run(["buildah", "rmi", image], env=_engine(champion.home), check=False)
