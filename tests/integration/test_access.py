@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,7 +9,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.integration.test_service import EXAMPLE, bento_server, champion_environment, query
+from tests.integration.test_service import EXAMPLE, KeySpec, keyed_server, query
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,28 +33,20 @@ class Secured:
 
 @pytest.fixture(scope="module")
 def secured(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    from training.keys import create_key
-    from training.store import connect
-
+    keys: list[KeySpec] = [
+        ("both", ["predict", "feedback"], None),
+        ("predictor", ["predict"], None),
+        ("revoked", ["predict"], None),
+        ("slow", ["predict"], 2.0),
+        ("admin", ["admin"], None),
+    ]
     home = tmp_path_factory.mktemp("access-home")
-    with champion_environment(server_url, home) as champion:
-        tokens = {}
-        with connect(champion.database_url) as conn:
-            for name, scopes, rate in (
-                ("both", ["predict", "feedback"], None),
-                ("predictor", ["predict"], None),
-                ("revoked", ["predict"], None),
-                ("slow", ["predict"], 2.0),
-                ("admin", ["admin"], None),
-            ):
-                tokens[name] = create_key(conn, name, scopes, rate)[1]
-        env = {
-            **os.environ,
-            "DRIFTLOOP_AUTH": "on",
-            "DRIFTLOOP_AUTH_CACHE_S": str(CACHE_S),
-        }
-        with bento_server(champion.bento_tag, home, env, home / "serve.log") as (url, _):
-            yield Secured(url, champion.database_url, tokens)
+    with keyed_server(server_url, home, keys, DRIFTLOOP_AUTH_CACHE_S=str(CACHE_S)) as (
+        champion,
+        url,
+        tokens,
+    ):
+        yield Secured(url, champion.database_url, tokens)
 
 
 def test_no_key_401_wrong_scope_403_good_key_200(secured: Secured) -> None:

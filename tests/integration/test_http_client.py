@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import pkgutil
 import shutil
 import subprocess
@@ -33,8 +32,8 @@ import yaml
 
 from tests.integration.test_service import (
     EXAMPLE,
-    bento_server,
-    champion_environment,
+    KeySpec,
+    keyed_server,
     query,
     stored,
 )
@@ -57,22 +56,14 @@ class Secured:
 
 @pytest.fixture(scope="module")
 def secured(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    from training.keys import create_key
-    from training.store import connect
-
+    keys: list[KeySpec] = [
+        ("both", ["predict", "feedback"], None),
+        ("predictor", ["predict"], None),
+        ("slow", ["predict"], 2.0),
+    ]
     home = tmp_path_factory.mktemp("client-home")
-    with champion_environment(server_url, home) as champion:
-        tokens = {}
-        with connect(champion.database_url) as conn:
-            for name, scopes, rate in (
-                ("both", ["predict", "feedback"], None),
-                ("predictor", ["predict"], None),
-                ("slow", ["predict"], 2.0),
-            ):
-                tokens[name] = create_key(conn, name, scopes, rate)[1]
-        env = {**os.environ, "DRIFTLOOP_AUTH": "on"}
-        with bento_server(champion.bento_tag, home, env, home / "serve.log") as (url, _):
-            yield Secured(url, champion.database_url, champion.bento_tag, tokens)
+    with keyed_server(server_url, home, keys) as (champion, url, tokens):
+        yield Secured(url, champion.database_url, champion.bento_tag, tokens)
 
 
 @pytest.fixture(scope="module")

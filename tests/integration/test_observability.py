@@ -33,9 +33,9 @@ import pytest
 from tests.integration.test_service import (
     EXAMPLE,
     Champion,
+    KeySpec,
     _free_port,
-    bento_server,
-    champion_environment,
+    keyed_server,
     query,
 )
 
@@ -181,28 +181,20 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="module")
 def monitored(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
-    from training.keys import create_key
-    from training.store import connect
-
+    keys: list[KeySpec] = [
+        ("both", ["predict", "feedback"], None),
+        ("predictor", ["predict"], None),
+        ("slow", ["predict"], 1.0),
+        ("admin", ["admin"], None),
+    ]
     home = tmp_path_factory.mktemp("observability-home")
-    with champion_environment(server_url, home) as champion:
-        tokens = {}
-        with connect(champion.database_url) as conn:
-            for name, scopes, rate in (
-                ("both", ["predict", "feedback"], None),
-                ("predictor", ["predict"], None),
-                ("slow", ["predict"], 1.0),
-                ("admin", ["admin"], None),
-            ):
-                tokens[name] = create_key(conn, name, scopes, rate)[1]
-        env = {**os.environ, "DRIFTLOOP_AUTH": "on"}
-        with bento_server(champion.bento_tag, home, env, home / "serve.log") as (url, _):
-            target = url.removeprefix("http://")
-            prometheus, process = _start_prometheus(target, tokens["admin"], home)
-            try:
-                yield Monitored(champion, url, tokens, prometheus)
-            finally:
-                _stop(process)
+    with keyed_server(server_url, home, keys) as (champion, url, tokens):
+        target = url.removeprefix("http://")
+        prometheus, process = _start_prometheus(target, tokens["admin"], home)
+        try:
+            yield Monitored(champion, url, tokens, prometheus)
+        finally:
+            _stop(process)
 
 
 def _record_loop(champion: Champion) -> datetime:

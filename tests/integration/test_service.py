@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -561,3 +561,24 @@ def test_server_log_shows_no_server_error(served: Served) -> None:
     assert f"span={span}" in text, text[-3000:]
     assert "POST /predict (status=400)" in text
     assert [line for line in text.splitlines() if SERVER_ERROR.search(line)] == []
+
+
+# (name, scopes, its own rate per second or None)
+KeySpec = tuple[str, list[str], float | None]
+
+
+@contextmanager
+def keyed_server(
+    server_url: str, home: Path, keys: Sequence[KeySpec], **env: str
+) -> Iterator[tuple[Champion, str, dict[str, str]]]:
+    """A champion served by ``bentoml serve`` with ``DRIFTLOOP_AUTH=on`` (and ``env``), and a
+    token per key created in its store; yields the champion, the server's URL and the tokens."""
+    from training.keys import create_key
+    from training.store import connect
+
+    with champion_environment(server_url, home) as champion:
+        with connect(champion.database_url) as conn:
+            tokens = {name: create_key(conn, name, scopes, rate)[1] for name, scopes, rate in keys}
+        server_env = {**os.environ, "DRIFTLOOP_AUTH": "on", **env}
+        with bento_server(champion.bento_tag, home, server_env, home / "serve.log") as (url, _):
+            yield champion, url, tokens
