@@ -27,16 +27,13 @@ from training.spec import ModelSpec
 from training.store import Connection
 
 __all__ = [
-    "Deployment",
     "ModelVersion",
     "champion",
-    "deployments",
     "get_version",
     "load_model",
     "model_spec",
     "promote",
     "promotions",
-    "record_deployment",
     "register",
     "reject",
     "rollback_target",
@@ -410,53 +407,3 @@ def set_bento(conn: Connection, tag: str, bento_tag: str) -> None:
 def set_bento_uri(conn: Connection, tag: str, bento_uri: str) -> None:
     with conn.cursor() as cur:
         cur.execute("UPDATE model_versions SET bento_uri = %s WHERE tag = %s", (bento_uri, tag))
-
-
-def record_deployment(
-    conn: Connection,
-    model_tag: str,
-    bento_tag: str,
-    *,
-    target: str,
-    status: str,
-    detail: dict[str, Any],
-) -> None:
-    """Record where a model's Bento went (``target``: local serving, an image, a cluster)."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "INSERT INTO deployments (model_name, model_tag, bento_tag, target, status, detail)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            (model_tag.partition(":")[0], model_tag, bento_tag, target, status, json.dumps(detail)),
-        )
-
-
-@dataclass(frozen=True)
-class Deployment:
-    model_name: str
-    model_tag: str
-    bento_tag: str
-    target: str
-    status: str
-    detail: dict[str, Any]
-    created_at: datetime
-
-
-def deployments(
-    conn: Connection,
-    *,
-    target: str,
-    bento_tag: str | None = None,
-    status: str | None = None,
-    limit: int = 20,
-) -> list[Deployment]:
-    """The latest records of one ``target`` (optionally of one Bento, or one status), newest first."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT model_name, model_tag, bento_tag, target, status, detail, created_at"
-            " FROM deployments WHERE target = %(target)s"
-            " AND (%(bento)s::text IS NULL OR bento_tag = %(bento)s)"
-            " AND (%(status)s::text IS NULL OR status = %(status)s)"
-            " ORDER BY created_at DESC, id DESC LIMIT %(limit)s",
-            {"target": target, "bento": bento_tag, "status": status, "limit": limit},
-        )
-        return [Deployment(*row) for row in cur.fetchall()]

@@ -26,6 +26,7 @@ from training.models import select_spec
 from training.postgres import ensure_database
 from training.runs import (
     close_stale_runs,
+    deployments,
     read_frame,
     record_drift_run,
     record_training_run,
@@ -365,7 +366,7 @@ def containerize_bento(ctx: StepContext, built: Built) -> Built:
     from training.release import containerize, record_image
 
     with connect(ctx.url) as conn:
-        done = registry.deployments(conn, target="image", bento_tag=built.bento_tag, limit=1)
+        done = deployments(conn, target="image", bento_tag=built.bento_tag, limit=1)
     if done:
         # A re-run: the image of this Bento was built and recorded already.
         detail = done[0].detail

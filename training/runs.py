@@ -1,5 +1,5 @@
 """The loop's run records: each run's frames in the artifact store, and every write and read of
-``drift_runs`` and ``training_runs`` (plus the summary ``driftloop status`` prints).
+``drift_runs``, ``training_runs`` and ``deployments`` (plus the summary ``driftloop status`` prints).
 
 Functions take a database URL (a step's context has it, migrations applied once per task); the
 older ones also accept the settings, to find the URL by.
@@ -11,7 +11,7 @@ import json
 import re
 import tempfile
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,15 @@ import pandas as pd
 from training.artifacts import open_store
 from training.postgres import ensure_database
 from training.settings import Settings
-from training.store import connect
+from training.store import Connection, connect
 
 __all__ = [
+    "Deployment",
     "RunSummary",
     "close_stale_runs",
+    "deployments",
     "read_frame",
+    "record_deployment",
     "record_drift_run",
     "record_failure",
     "record_training_run",
@@ -283,3 +286,53 @@ def run_summary(url: str, model_name: str) -> RunSummary:
             )
             image = cur.fetchone()
     return RunSummary(drift=drift, training=training, champion=champion, image=image)
+
+
+def record_deployment(
+    conn: Connection,
+    model_tag: str,
+    bento_tag: str,
+    *,
+    target: str,
+    status: str,
+    detail: dict[str, Any],
+) -> None:
+    """Record where a model's Bento went (``target``: local serving, an image, a cluster)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO deployments (model_name, model_tag, bento_tag, target, status, detail)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (model_tag.partition(":")[0], model_tag, bento_tag, target, status, json.dumps(detail)),
+        )
+
+
+@dataclass(frozen=True)
+class Deployment:
+    model_name: str
+    model_tag: str
+    bento_tag: str
+    target: str
+    status: str
+    detail: dict[str, Any]
+    created_at: datetime
+
+
+def deployments(
+    conn: Connection,
+    *,
+    target: str,
+    bento_tag: str | None = None,
+    status: str | None = None,
+    limit: int = 20,
+) -> list[Deployment]:
+    """The latest records of one ``target`` (optionally of one Bento, or one status), newest first."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT model_name, model_tag, bento_tag, target, status, detail, created_at"
+            " FROM deployments WHERE target = %(target)s"
+            " AND (%(bento)s::text IS NULL OR bento_tag = %(bento)s)"
+            " AND (%(status)s::text IS NULL OR status = %(status)s)"
+            " ORDER BY created_at DESC, id DESC LIMIT %(limit)s",
+            {"target": target, "bento": bento_tag, "status": status, "limit": limit},
+        )
+        return [Deployment(*row) for row in cur.fetchall()]

@@ -23,7 +23,7 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Endpoints, Pod
 
 from tests.k8s.conftest import STABLE, STABLE_BENTO, STABLE_IMAGE, KubeTest
-from training import registry
+from training import registry, runs
 from training.cli import main
 from training.release.deploy import rollout_bento
 from training.settings import get_settings
@@ -42,7 +42,7 @@ def _versions(store_url: str, new_image: str) -> None:
             registry.register(conn, model_name="churn", tag=tag, metrics={}, train_data_uri="x")
             registry.set_bento(conn, tag, bento)
         registry.promote(conn, "churn:a")
-        registry.record_deployment(
+        runs.record_deployment(
             conn, "churn:b", NEW_BENTO, target="image", status="built", detail={"image": new_image}
         )
         registry.promote(conn, "churn:b")
@@ -50,7 +50,7 @@ def _versions(store_url: str, new_image: str) -> None:
 
 def _records(store_url: str, namespace: str) -> list[tuple[str, str, dict[str, Any]]]:
     with connect(store_url) as conn:
-        found = registry.deployments(conn, target=f"kubernetes/{namespace}/{STABLE}", limit=100)
+        found = runs.deployments(conn, target=f"kubernetes/{namespace}/{STABLE}", limit=100)
     return [(d.status, d.bento_tag, d.detail) for d in reversed(found)]
 
 

@@ -17,7 +17,7 @@ __all__ = ["add_parsers", "champion_bento"]
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from training import registry
+    from training import runs
     from training.store import connect
 
     url = store(settings)
@@ -37,7 +37,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     workers = f", {args.workers} workers" if args.workers else ""
     print(f"serving champion v{version} ({model_tag}{workers}): {' '.join(command)}", flush=True)
     with connect(url) as conn:
-        registry.record_deployment(
+        runs.record_deployment(
             conn,
             model_tag,
             bento_tag,

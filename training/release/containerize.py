@@ -301,7 +301,7 @@ def containerize(
 
 def record_image(database_url: str, model_tag: str, built: BuiltImage) -> None:
     """Keep the image beside the loop's other records (``deployments``, target ``image``)."""
-    from training import registry
+    from training import runs
     from training.store import connect
 
     detail = {
@@ -312,6 +312,6 @@ def record_image(database_url: str, model_tag: str, built: BuiltImage) -> None:
         "size_bytes": built.size_bytes,
     }
     with connect(database_url) as conn:
-        registry.record_deployment(
+        runs.record_deployment(
             conn, model_tag, built.bento_tag, target="image", status="built", detail=detail
         )

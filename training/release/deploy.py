@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from training import registry
+from training import registry, runs
 from training.errors import DriftloopError, NotFoundError
 from training.postgres import ensure_database
 from training.release import rollout as kube
@@ -34,7 +34,7 @@ class Deployed:
 def image_of(conn: Any, settings: Settings, bento_tag: str) -> str:
     """The image of a Bento: the last one built of it (``driftloop image``, the DAG's containerize
     step), else the name those would give it, ``<image_repository or Bento name>:<version>``."""
-    built = registry.deployments(conn, target="image", bento_tag=bento_tag, limit=1)
+    built = runs.deployments(conn, target="image", bento_tag=bento_tag, limit=1)
     if built and isinstance(built[0].detail.get("image"), str):
         return str(built[0].detail["image"])
     name, _, version = bento_tag.partition(":")
@@ -54,7 +54,7 @@ def _model_tag(conn: Any, model_name: str, bento_tag: str) -> str:
 def _recorder(url: str, model_tag: str, bento_tag: str, target: str) -> kube.Record:
     def record(status: str, detail: dict[str, Any]) -> None:
         with connect(url) as conn:
-            registry.record_deployment(
+            runs.record_deployment(
                 conn, model_tag, bento_tag, target=target, status=status, detail=detail
             )
 
@@ -118,7 +118,7 @@ def undo_rollout(
     with connect(url) as conn:
         promoted = [
             d
-            for d in registry.deployments(conn, target=target.name, status="promoted", limit=50)
+            for d in runs.deployments(conn, target=target.name, status="promoted", limit=50)
             if d.model_name == model_name
         ]
         if not promoted:
