@@ -5,9 +5,10 @@ For each seed: a champion (the spec's model) trained on 20,000 reference rows; t
 ``detect_drift`` (features, the champion's score, the label) and ``decide`` (with the champion's
 live ROC AUC). A window "fires" when ``decide`` says retrain.
 
-Recovery: on drifted windows, the challenger the loop would train (``split_for_challenger``: the
-window's older 70% plus as many reference rows) against an oracle trained on as many rows of the
-post-drift population alone; both judged on 10,000 fresh post-drift rows.
+Recovery: on drifted windows, the challenger the loop would train (``split_for_challenger`` under
+the spec's policy: the window's older 70%, plus as many reference rows unless the champion's live
+ROC AUC fell) against an oracle trained on as many rows of the post-drift population alone; both
+judged on 10,000 fresh post-drift rows.
 
 Usage: ``uv run python bench/drift_efficacy.py [--seeds 20] [--recovery-seeds 3]
 [--large-recovery-seeds 1] [--quick]``.
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from training.decision import LiveCheck, decide
+from training.decision import LiveCheck, decide, relation_changed
 from training.drift import DriftResult, detect_drift
 from training.evaluate import score
 from training.spec import ModelSpec, load_spec
@@ -104,9 +105,16 @@ def _reason_kinds(drift: DriftResult, live: LiveCheck, spec: ModelSpec) -> list[
 
 
 def _recovery(
-    spec: ModelSpec, reference: pd.DataFrame, window: pd.DataFrame, case: Case, seed: int
+    spec: ModelSpec,
+    reference: pd.DataFrame,
+    window: pd.DataFrame,
+    case: Case,
+    seed: int,
+    live: LiveCheck | None,
 ) -> tuple[float, float]:
-    split = split_for_challenger(spec, window, reference)
+    split = split_for_challenger(
+        spec, window, reference, relation_changed=relation_changed(spec, live)
+    )
     challenger = fit(spec, split.train)
     post = generate(len(split.train), seed=seed + 7, scenario=case.scenario)
     oracle = fit(spec, post)
@@ -195,7 +203,9 @@ def run(
                 if retrains and (
                     seed < recovery_seeds if n < 10_000 else seed >= seeds - large_recovery_seeds
                 ):
-                    challenger_auc, oracle_auc = _recovery(spec, reference, window, case, base + k)
+                    challenger_auc, oracle_auc = _recovery(
+                        spec, reference, window, case, base + k, live
+                    )
                     tally.challenger.append(challenger_auc)
                     tally.oracle.append(oracle_auc)
                     tally.gaps.append(oracle_auc - challenger_auc)

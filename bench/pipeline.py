@@ -159,10 +159,10 @@ def _evidently(work: Path, url: str) -> dict[str, Any]:
 def _check_drift(work: Path, url: str) -> dict[str, Any]:
     """What the DAG's check_drift does: read the window and the reference, the drift (with the
     HTML report), the champion's live ROC AUC on the labelled rows, the decision."""
-    from training.decision import LiveCheck, decide, judgeable
+    from training.decision import decide, judgeable
     from training.drift import detect_drift
-    from training.evaluate import evaluate
-    from training.trainset import split_for_challenger
+    from training.evaluate import live_check
+    from training.trainset import known_ids, split_for_challenger
 
     spec = _spec()
     window = pd.read_parquet(work / "window.parquet")
@@ -173,9 +173,8 @@ def _check_drift(work: Path, url: str) -> dict[str, Any]:
     drift = detect_drift(
         spec, reference, window, work / "drift_report.html", score=_scorer(spec, champion)
     )
-    recent = evaluate(champion, spec, labelled)
     baseline = json.loads((work / "champion.json").read_text())["roc_auc"]
-    live = LiveCheck(baseline, recent.roc_auc)
+    live = live_check(champion, spec, labelled, known_ids(reference), baseline)
     verdict = decide(
         spec,
         labelled_rows=len(labelled),

@@ -29,7 +29,7 @@ import pandas as pd
 from training.drift import DriftResult
 from training.spec import ModelSpec
 
-__all__ = ["LiveCheck", "Verdict", "decide", "judgeable"]
+__all__ = ["LiveCheck", "Verdict", "decide", "judgeable", "relation_changed"]
 
 # The fewest rows of each class a holdout needs for a ROC AUC worth comparing.
 MIN_CLASS_ROWS = 5
@@ -45,6 +45,15 @@ class LiveCheck:
     @property
     def drop(self) -> float:
         return self.baseline_auc - self.recent_auc
+
+
+def relation_changed(spec: ModelSpec, live: LiveCheck | None) -> str | None:
+    """Why the relation the champion learned no longer holds (its live ROC AUC fell by more than
+    the policy allows), or None. The training-data policy reads it: the champion's rows would teach
+    a challenger that old relation."""
+    if live is None or live.drop <= spec.drift.max_performance_drop:
+        return None
+    return f"its live ROC AUC fell {live.drop:.3f}"
 
 
 @dataclass(frozen=True)
@@ -112,7 +121,7 @@ def decide(
             reasons.append(
                 f"label distribution moved ({drift.target.method} {drift.target.score:.3f})"
             )
-    if live is not None and live.drop > spec.drift.max_performance_drop:
+    if live is not None and relation_changed(spec, live):
         reasons.append(
             f"champion ROC AUC fell {live.drop:.3f} (from {live.baseline_auc:.3f} to "
             f"{live.recent_auc:.3f})"

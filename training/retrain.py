@@ -17,10 +17,10 @@ from pathlib import Path
 from training import registry
 from training.artifacts import open_store
 from training.bento import build_bento, publish_bento
-from training.decision import LiveCheck, decide, judgeable
+from training.decision import LiveCheck, decide, judgeable, relation_changed
 from training.drift import detect_drift
 from training.errors import NotFoundError
-from training.evaluate import Evaluation, evaluate, judge, score
+from training.evaluate import Evaluation, evaluate, judge, live_check, score
 from training.extract import extract_window
 from training.models import select_spec
 from training.postgres import ensure_database
@@ -133,13 +133,15 @@ def check_drift(ctx: StepContext, extracted: Extracted, force: bool = False) -> 
                 spec, reference, window, report, score=lambda f: score(pipeline, spec, f)
             )
             report_uri = open_store(settings).put(report, f"{ctx.prefix}/drift_report.html")
-        unseen = labelled[~labelled["request_id"].astype(str).isin(known_ids(reference))]
-        if unseen[spec.target].nunique() == 2:
-            recent = evaluate(pipeline, spec, unseen)
-            live = LiveCheck(
-                baseline_auc=float(champ.metrics.get("roc_auc", recent.roc_auc)),
-                recent_auc=recent.roc_auc,
-            )
+        baseline = champ.metrics.get("roc_auc")
+        live = live_check(
+            pipeline,
+            spec,
+            labelled,
+            known_ids(reference),
+            None if baseline is None else float(baseline),
+        )
+        if live is not None:
             performance = {
                 "baseline_auc": live.baseline_auc,
                 "recent_auc": live.recent_auc,
@@ -185,6 +187,7 @@ def check_drift(ctx: StepContext, extracted: Extracted, force: bool = False) -> 
         most_drifted=[c.column for c in drift.most_drifted() if c.drifted] if drift else [],
         report_uri=report_uri,
         champion_tag=champ.tag if champ else None,
+        relation_changed=relation_changed(spec, live),
     )
 
 
@@ -214,7 +217,8 @@ def _registered(tag: str | None) -> bool:
 
 def train_challenger(ctx: StepContext, decision: Decision, dataset_uri: str) -> Trained:
     """Fit a challenger by the spec's training-data policy: the older part of the labelled window
-    (plus, by default, a sample of the champion's training rows); the newest part that the
+    (plus, by default, a sample of the champion's training rows while its learned relation still
+    holds); the newest part that the
     champion never saw is the holdout on which champion and challenger are compared.
 
     A re-run of the step for the same run key (a cleared task) reuses the challenger it already
@@ -227,7 +231,9 @@ def train_challenger(ctx: StepContext, decision: Decision, dataset_uri: str) -> 
     with connect(ctx.url) as conn:
         champ = registry.champion(conn, spec.name)
     reference = read_frame(settings, champ.train_data_uri) if champ is not None else None
-    split = split_for_challenger(spec, labelled, reference)
+    split = split_for_challenger(
+        spec, labelled, reference, relation_changed=decision.relation_changed
+    )
     train_part, holdout = split.train, split.holdout
     train_uri = upload_frame(settings, train_part, f"{ctx.prefix}/train.parquet")
     holdout_uri = upload_frame(settings, holdout, f"{ctx.prefix}/holdout.parquet")

@@ -150,12 +150,15 @@ class DriftPolicy(_Frozen):
 class TrainingPolicy(_Frozen):
     """What a challenger trains on.
 
-    ``window``: the labelled window's older part only. ``window_and_reference`` (the default): that
-    plus a sample of the champion's own training rows, so a retrain does not forget what the window
-    happens not to show. Rows the champion trained on never enter the holdout either way.
+    ``window``: the labelled window's older part only. ``window_and_reference``: that plus a sample
+    of the champion's own training rows, so a retrain does not forget what the window happens not to
+    show. ``auto`` (the default): the reference sample joins only while the champion still ranks the
+    window well; once its live ROC AUC has fallen by more than ``drift.max_performance_drop``, the
+    relation it learned is what changed, and its rows would teach the challenger the old one.
+    Rows the champion trained on never enter the holdout either way.
     """
 
-    data: Literal["window", "window_and_reference"] = "window_and_reference"
+    data: Literal["auto", "window", "window_and_reference"] = "auto"
     # The reference sample's size, as a multiple of the window's training rows.
     reference_ratio: float = Field(1.0, gt=0, le=100)
     seed: int = 0

@@ -43,6 +43,8 @@ class Decision:
     most_drifted: list[str]
     report_uri: str | None
     champion_tag: str | None
+    # Why the champion's learned relation no longer holds (None: it does), for the training policy.
+    relation_changed: str | None = None
 
 
 @dataclass(frozen=True)

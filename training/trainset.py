@@ -3,7 +3,8 @@
 The holdout is the newest part of the labelled window, never a row the champion trained on (its
 score there would be in-sample and flatter it). The training rows are the rest of the window and,
 by default, a sample of the champion's own training rows, so a retrain on a narrow window does not
-forget what the window happens not to show.
+forget what the window happens not to show, unless the champion's relation between features and
+label has stopped holding (its live ROC AUC fell): then its rows would teach the old relation.
 """
 
 from __future__ import annotations
@@ -31,11 +32,16 @@ class TrainingSet:
     window_rows: int
     reference_rows: int
     excluded_from_holdout: int
+    # Why the champion's rows were left out under the ``auto`` policy (None: they joined, or the
+    # policy never adds them).
+    reference_left_out: str | None = None
 
     def describe(self) -> str:
         text = f"{self.window_rows} window rows"
         if self.reference_rows:
             text += f" + {self.reference_rows} of the champion's training rows"
+        if self.reference_left_out:
+            text += f" (the champion's rows left out: {self.reference_left_out})"
         text += f"; holdout {len(self.holdout)} newest labelled rows"
         if self.excluded_from_holdout:
             text += f" ({self.excluded_from_holdout} the champion trained on left out)"
@@ -43,7 +49,11 @@ class TrainingSet:
 
 
 def split_for_challenger(
-    spec: ModelSpec, labelled: pd.DataFrame, reference: pd.DataFrame | None
+    spec: ModelSpec,
+    labelled: pd.DataFrame,
+    reference: pd.DataFrame | None,
+    *,
+    relation_changed: str | None = None,
 ) -> TrainingSet:
     """Split a labelled window (``created_at``, ``request_id``, features, 0/1 target) by the spec.
 
@@ -52,6 +62,8 @@ def split_for_challenger(
             the champion's training rows join the window's.
         labelled: the window's labelled rows.
         reference: the champion's training data (None without a champion).
+        relation_changed: why the champion's learned relation no longer holds (its live ROC AUC
+            fell), or None; under the ``auto`` policy it keeps the champion's rows out.
 
     Returns:
         The challenger's training rows (window first, then the reference sample) and the holdout.
@@ -66,7 +78,10 @@ def split_for_challenger(
     window_train = ordered.drop(holdout.index)
     parts = [window_train]
     reference_rows = 0
-    if spec.training.data == "window_and_reference" and reference is not None and len(reference):
+    policy = spec.training.data
+    left_out = relation_changed if policy == "auto" else None
+    with_reference = policy == "window_and_reference" or (policy == "auto" and left_out is None)
+    if with_reference and reference is not None and len(reference):
         columns = [*spec.feature_names, spec.target]
         pool = reference
         if "request_id" in pool.columns:
@@ -85,4 +100,5 @@ def split_for_challenger(
         window_rows=len(window_train),
         reference_rows=reference_rows,
         excluded_from_holdout=int(seen.sum()),
+        reference_left_out=left_out if reference is not None and len(reference) else None,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from training.decision import LiveCheck, decide, judgeable
+from training.decision import LiveCheck, decide, judgeable, relation_changed
 from training.drift import ColumnDrift, DriftResult
 from training.spec import ModelSpec, load_spec
 
@@ -162,3 +162,10 @@ def test_moved_scores_join_the_other_reasons(spec: ModelSpec) -> None:
         "the champion's scores moved (Wasserstein 0.250 reference σ, >= 0.100)"
     )
     assert len(reason.split("; ")) == 4
+
+
+def test_the_relation_changed_only_past_the_allowed_drop(spec: ModelSpec) -> None:
+    assert spec.drift.max_performance_drop == 0.05
+    assert relation_changed(spec, None) is None
+    assert relation_changed(spec, LiveCheck(0.80, 0.76)) is None
+    assert relation_changed(spec, LiveCheck(0.80, 0.74)) == "its live ROC AUC fell 0.060"

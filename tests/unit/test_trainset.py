@@ -44,11 +44,10 @@ def test_rows_the_champion_trained_on_never_judge() -> None:
     assert len(split.train) + len(split.holdout) == 100
 
 
-def test_default_policy_adds_a_sample_of_the_champions_rows() -> None:
+def test_window_and_reference_adds_a_sample_of_the_champions_rows() -> None:
     window = _window(100)
     reference = _window(500, prefix="ref")
-    spec = _spec()
-    assert spec.training.data == "window_and_reference"
+    spec = _spec(data="window_and_reference")
     split = split_for_challenger(spec, window, reference)
     assert split.window_rows == 70
     assert split.reference_rows == 70
@@ -75,3 +74,33 @@ def test_reference_without_request_ids_is_sampled_whole() -> None:
     split = split_for_challenger(_spec(), _window(100), reference)
     assert split.reference_rows == 50
     assert split.excluded_from_holdout == 0
+
+
+def test_auto_policy_adds_the_champions_rows_while_its_relation_holds() -> None:
+    spec = load_spec()
+    assert spec.training.data == "auto"
+    split = split_for_challenger(spec, _window(100), _window(500, prefix="ref"))
+    assert split.reference_rows == 70
+    assert split.reference_left_out is None
+
+
+def test_auto_policy_leaves_the_champions_rows_out_once_its_relation_changed() -> None:
+    # Concept drift: the champion's rows would teach the challenger the relation that just failed.
+    split = split_for_challenger(
+        load_spec(),
+        _window(100),
+        _window(500, prefix="ref"),
+        relation_changed="its live ROC AUC fell 0.120",
+    )
+    assert split.reference_rows == 0
+    assert len(split.train) == 70
+    assert "left out: its live ROC AUC fell 0.120" in split.describe()
+
+
+def test_an_explicit_policy_ignores_the_relation_check() -> None:
+    reference = _window(500, prefix="ref")
+    kept = split_for_challenger(
+        _spec(data="window_and_reference"), _window(100), reference, relation_changed="fell"
+    )
+    assert kept.reference_rows == 70
+    assert kept.reference_left_out is None
