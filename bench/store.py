@@ -112,9 +112,7 @@ def _day_copy(day: date, rows: int, seed: int) -> tuple[bytes, bytes]:
     rng = np.random.default_rng(seed)
     start_us = int(_day_start(day).timestamp()) * 1_000_000
     times_us = np.sort(rng.integers(0, 86_400_000_000, rows)) + start_us
-    stamps = [
-        f"{text}+00:00" for text in np.datetime_as_string(times_us.astype("datetime64[us]"))
-    ]
+    stamps = [f"{text}+00:00" for text in np.datetime_as_string(times_us.astype("datetime64[us]"))]
     ids = [
         f"{at // 1000:012x}{r:020x}"
         for at, r in zip(times_us.tolist(), rng.integers(0, 2**62, rows).tolist(), strict=True)
