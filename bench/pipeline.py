@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import psycopg2
 
+from training.partitions import day_of, ensure_range
 from training.postgres import create_database, database_url, with_database
 from training.settings import get_settings
 from training.spec import ModelSpec, load_spec
@@ -279,6 +280,7 @@ def _load(url: str, rows: int, spec: ModelSpec, scenario: Scenario) -> None:
     labels = data[spec.target].to_numpy()
     with connect(url) as conn:
         migrate(conn)
+        ensure_range(conn, day_of(START), day_of(END))
         chunk = 100_000
         for first in range(0, rows, chunk):
             ids = range(first, min(first + chunk, rows))
@@ -292,12 +294,13 @@ def _load(url: str, rows: int, spec: ModelSpec, scenario: Scenario) -> None:
             )
             copy_predictions(conn, lines)
             feedback = "".join(
-                f"r{i:07d}\t{labels[i]}\t{(START + step * i + timedelta(days=1)).isoformat()}\n"
+                f"r{i:07d}\t{labels[i]}\t{(START + step * i + timedelta(days=1)).isoformat()}"
+                f"\t{(START + step * i).isoformat()}\n"
                 for i in ids
             )
             with conn.cursor() as cur:
                 cur.copy_expert(
-                    "COPY feedback (request_id, label, received_at) FROM STDIN",
+                    "COPY feedback (request_id, label, received_at, predicted_at) FROM STDIN",
                     io.StringIO(feedback),
                 )
             conn.commit()

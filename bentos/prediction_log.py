@@ -33,6 +33,7 @@ from typing import IO
 import psycopg2
 
 from bentos import spool
+from training import partitions
 from training.errors import DriftloopError
 from training.store import Connection, copy_predictions, service_connection
 
@@ -54,6 +55,11 @@ _CHUNK_BYTES = 4 << 20
 # Readiness goes false before appends start failing, so a load balancer can steer away first.
 _READY_FILL = 0.9
 _WAIT_POLL_S = 0.01
+# How often the writer makes the store's day partitions ahead (training.partitions: a week ahead,
+# so a worker that runs for weeks never writes past them), and how soon it tries again after a
+# failure.
+_PARTITIONS_EVERY_S = 3600.0
+_PARTITIONS_RETRY_S = 60.0
 # A segment name's time and a caller's wall-clock time can round differently; waiting for one more
 # segment is harmless, missing one is not.
 _SINCE_SLACK_NS = 1_000
@@ -168,6 +174,7 @@ class PredictionLog:
         self._conn: Connection | None = None
         self._down_since = time.monotonic()
         self._stored_when_down = 0
+        self._next_partitions = 0.0
         self._orphans: dict[Path, spool.Orphan] = {}
         self._thread: threading.Thread | None = None
 
@@ -346,6 +353,7 @@ class PredictionLog:
                     self._connection()
                 self._drain_own()
                 if not final:
+                    self._maintain_partitions()
                     more = self._drain_orphans(time.monotonic() + _ORPHAN_BUDGET_S)
                 if self._conn is not None:  # the store answered (not merely: nothing to write)
                     self._set_store_state(True)
@@ -495,6 +503,31 @@ class PredictionLog:
         text = re.sub(r'"/[^"]*"', '"<socket>"', text)
         kind = type(exc).__name__
         return f"{kind}: {text}" if text else kind
+
+    def _maintain_partitions(self) -> None:
+        """Make the store's day partitions ahead, hourly; a failure is logged and retried soon.
+
+        Raises:
+            psycopg2.Error: the store is gone (the rollback failed too): as any store error.
+        """
+        now = time.monotonic()
+        if now < self._next_partitions or self._conn is None:
+            return
+        conn = self._conn
+        try:
+            partitions.try_ensure_ahead(conn)
+            conn.commit()
+        except psycopg2.Error as exc:
+            conn.rollback()
+            self._next_partitions = now + _PARTITIONS_RETRY_S
+            log.warning(
+                "prediction log: the store's day partitions ahead could not be made (%s); "
+                "retrying in %.0f s",
+                self._describe(exc),
+                _PARTITIONS_RETRY_S,
+            )
+            return
+        self._next_partitions = now + _PARTITIONS_EVERY_S
 
     def _drain_own(self) -> None:
         while True:

@@ -35,6 +35,7 @@ from training.history import (
     prepare_labels,
     prepare_predictions,
 )
+from training.partitions import day_of, ensure_days
 from training.sources import read_table
 from training.spec import ModelSpec
 from training.store import Connection, PredictionRecord, copy_predictions, encode_prediction
@@ -90,25 +91,27 @@ WHERE NOT EXISTS (
     SELECT 1 FROM predictions p WHERE p.request_id = s.request_id AND p.model_name = %(model)s
 )
 """
-# A differing label is a correction (counted in revisions, received_at moves, key_id cleared: no
+# A row written with no previous one was inserted (the rows there are locked first, and a
+# partitioned table's RETURNING cannot read xmax). A differing label is a correction (counted in revisions, received_at moves, key_id cleared: no
 # API key posted it) and the label it replaces is kept in feedback_history, as the service keeps
 # it; the same label only fills in a raw spelling the row lacks (labels stored before migration
 # 0002). _LOCK_FEEDBACK_STAGED first, as training.store does: the rows to replace are read by this
 # statement's snapshot, so a concurrent correction must wait.
 _LOCK_FEEDBACK_STAGED = """
 SELECT 1 FROM feedback f JOIN pg_temp.feedback_backfill s USING (request_id)
-ORDER BY f.request_id FOR UPDATE OF f
+ORDER BY f.request_id, f.predicted_at FOR UPDATE OF f
 """
+# A label goes beside its prediction: predicted_at is the prediction's created_at.
 _UPSERT_FEEDBACK = """
 WITH previous AS (
-    SELECT f.request_id, f.label, f.raw_label, f.key_id, f.received_at
+    SELECT f.request_id, f.predicted_at, f.label, f.raw_label, f.key_id, f.received_at
     FROM feedback f JOIN pg_temp.feedback_backfill s USING (request_id)
 ), written AS (
-    INSERT INTO feedback (request_id, label, raw_label, received_at)
-    SELECT s.request_id, s.label, s.raw_label, COALESCE(s.received_at, p.created_at)
+    INSERT INTO feedback (request_id, predicted_at, label, raw_label, received_at)
+    SELECT s.request_id, p.created_at, s.label, s.raw_label, COALESCE(s.received_at, p.created_at)
     FROM pg_temp.feedback_backfill s
     JOIN predictions p ON p.request_id = s.request_id AND p.model_name = %(model)s
-    ON CONFLICT (request_id) DO UPDATE SET
+    ON CONFLICT (request_id, predicted_at) DO UPDATE SET
         label = EXCLUDED.label,
         raw_label = CASE WHEN feedback.label IS DISTINCT FROM EXCLUDED.label
             THEN EXCLUDED.raw_label ELSE COALESCE(feedback.raw_label, EXCLUDED.raw_label) END,
@@ -119,14 +122,16 @@ WITH previous AS (
         revisions = feedback.revisions
             + CASE WHEN feedback.label IS DISTINCT FROM EXCLUDED.label THEN 1 ELSE 0 END
     WHERE feedback.label IS DISTINCT FROM EXCLUDED.label OR feedback.raw_label IS NULL
-    RETURNING request_id, label, (xmax = 0) AS inserted
+    RETURNING request_id, predicted_at, label
 ), kept AS (
-    INSERT INTO feedback_history (request_id, label, raw_label, key_id, received_at, replaced_by)
-    SELECT p.request_id, p.label, p.raw_label, p.key_id, p.received_at, NULL
-    FROM previous p JOIN written w USING (request_id)
-    WHERE NOT w.inserted AND p.label IS DISTINCT FROM w.label
+    INSERT INTO feedback_history
+        (request_id, predicted_at, label, raw_label, key_id, received_at, replaced_by)
+    SELECT p.request_id, p.predicted_at, p.label, p.raw_label, p.key_id, p.received_at, NULL
+    FROM previous p JOIN written w USING (request_id, predicted_at)
+    WHERE p.label IS DISTINCT FROM w.label
 )
-SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
+SELECT count(*) FILTER (WHERE p.request_id IS NULL), count(*) FILTER (WHERE p.request_id IS NOT NULL)
+FROM written w LEFT JOIN previous p USING (request_id, predicted_at)
 """
 _DROP_FEEDBACK_STAGING = "DROP TABLE pg_temp.feedback_backfill"
 
@@ -256,6 +261,11 @@ def _store_predictions(
         )
     threshold = spec.model.threshold
     fresh_set = set(fresh)
+    # The days of the history get their own partitions first, so nothing lands in the DEFAULT one.
+    made = ensure_days(conn, {day_of(rows.created_at[p]) for p in fresh})
+    conn.commit()
+    if made:
+        say(f"{rows.source}: partitions made for {len(made):,} day(s) of history")
     for start in range(0, total, chunk_rows):
         part = range(start, min(start + chunk_rows, total))
         lines = []

@@ -12,7 +12,7 @@ from psycopg2 import sql
 from training.spec import ModelSpec
 from training.store import Connection
 
-__all__ = ["extract_window"]
+__all__ = ["extract_window", "window_query"]
 
 
 def _window_query(spec: ModelSpec) -> sql.Composed:
@@ -32,11 +32,25 @@ def _window_query(spec: ModelSpec) -> sql.Composed:
             )
         )
     columns.append(sql.SQL("f.label AS {}").format(sql.Identifier(spec.target)))
+    # The window bounds both tables (a label lies in its prediction's day partition), so the
+    # planner reads only the window's day partitions of each (tests/integration/test_partitions.py).
     return sql.SQL(
-        "SELECT {columns} FROM predictions p LEFT JOIN feedback f USING (request_id)"
+        "SELECT {columns} FROM predictions p LEFT JOIN feedback f"
+        " ON f.request_id = p.request_id AND f.predicted_at = p.created_at"
+        " AND f.predicted_at >= %(start)s AND f.predicted_at < %(end)s"
         " WHERE p.model_name = %(model)s AND p.created_at >= %(start)s AND p.created_at < %(end)s"
         " ORDER BY p.created_at, p.request_id"
     ).format(columns=sql.SQL(", ").join(columns))
+
+
+def window_query(conn: Connection, spec: ModelSpec, start: datetime, end: datetime) -> str:
+    """The SELECT :func:`extract_window` runs for ``[start, end)``, with its values in place (for
+    ``EXPLAIN``, or a benchmark)."""
+    with conn.cursor() as cur:
+        query: bytes = cur.mogrify(
+            _window_query(spec), {"model": spec.name, "start": start, "end": end}
+        )
+    return query.decode()
 
 
 def extract_window(
@@ -51,10 +65,8 @@ def extract_window(
     if end <= start:
         raise ValueError(f"window end {end.isoformat()} is not after its start {start.isoformat()}")
     buffer = io.BytesIO()
+    query = window_query(conn, spec, start, end)
     with conn.cursor() as cur:
-        query = cur.mogrify(
-            _window_query(spec), {"model": spec.name, "start": start, "end": end}
-        ).decode()
         cur.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)", buffer)
     buffer.seek(0)
     dtypes: dict[Hashable, str] = {"request_id": "object", "model_version": "object"}

@@ -12,6 +12,7 @@ import pandas as pd
 
 from training import registry
 from training.evaluate import score
+from training.partitions import day_of, ensure_range
 from training.store import (
     Connection,
     PredictionRecord,
@@ -87,6 +88,8 @@ def simulate_traffic(
         )
         for i in range(n)
     ]
+    # Its days get their own partitions, as the service's days do (none lands in DEFAULT).
+    ensure_range(conn, day_of(start), day_of(end))
     record_predictions(conn, records)
 
     delays = rng.uniform(*label_delay_days, size=n)

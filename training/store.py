@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import IO, Any, Literal
 
@@ -16,6 +17,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
+from training import partitions
 from training.errors import NotFoundError, StoreUnavailable
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "copy_predictions",
     "encode_prediction",
     "migrate",
+    "new_request_ids",
     "record_feedback",
     "record_feedback_many",
     "record_predictions",
@@ -154,6 +157,8 @@ def migrate(conn: Connection) -> list[int]:
                 (number, name),
             )
             applied_now.append(number)
+    # Every process that opens the store makes the day partitions ahead (training.partitions).
+    partitions.try_ensure_ahead(conn)
     conn.commit()
     return applied_now
 
@@ -169,6 +174,7 @@ def reset(conn: Connection) -> None:
     with conn.cursor() as cur:
         for table in (*_TABLES, "schema_migrations"):
             cur.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
+        cur.execute("DROP FUNCTION IF EXISTS driftloop_create_day(date)")
     conn.commit()
 
 
@@ -184,7 +190,10 @@ class PredictionRecord:
 
 
 def record_predictions(conn: Connection, records: Sequence[PredictionRecord]) -> int:
-    """Insert predictions; a ``request_id`` already stored is left as it is. Returns rows inserted."""
+    """Insert predictions; a ``request_id`` already stored is left as it is. Returns rows inserted.
+
+    Rows whose day has no partition yet go to the DEFAULT one (training.partitions).
+    """
     if not records:
         return 0
     rows = [
@@ -204,9 +213,15 @@ def record_predictions(conn: Connection, records: Sequence[PredictionRecord]) ->
             cur,
             "INSERT INTO predictions"
             " (request_id, model_name, model_version, features, score, label, created_at)"
-            " VALUES %s ON CONFLICT (request_id) DO NOTHING RETURNING 1",
+            " SELECT * FROM (VALUES %s) AS v (request_id, model_name, model_version, features,"
+            " score, label, created_at)"
+            " WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = v.request_id)"
+            " ON CONFLICT (request_id, created_at) DO NOTHING RETURNING 1",
             rows,
-            template="(%s, %s, %s, %s::jsonb, %s, %s, COALESCE(%s, now()))",
+            template=(
+                "(%s, %s, %s, %s::jsonb, %s::double precision, %s::smallint,"
+                " COALESCE(%s::timestamptz, now()))"
+            ),
             page_size=1000,
             fetch=True,
         )
@@ -303,11 +318,14 @@ _COPY_STAGING = (
     "COPY pg_temp.predictions_staging"
     " (request_id, model_name, model_version, features, score, label, created_at) FROM STDIN"
 )
+# A request id stored on any day is left as it is (the primary key only covers one time).
 _INSERT_FROM_STAGING = (
     "INSERT INTO predictions"
     " (request_id, model_name, model_version, features, score, label, created_at)"
     " SELECT request_id, model_name, model_version, features, score, label, created_at"
-    " FROM pg_temp.predictions_staging ON CONFLICT (request_id) DO NOTHING"
+    " FROM pg_temp.predictions_staging s"
+    " WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = s.request_id)"
+    " ON CONFLICT (request_id, created_at) DO NOTHING"
 )
 # Dropped explicitly too, so a second call in the same transaction can create it again.
 _DROP_STAGING = "DROP TABLE pg_temp.predictions_staging"
@@ -317,10 +335,12 @@ _COPY_BUFFER_BYTES = 1 << 16
 def copy_predictions(conn: Connection, data: bytes | IO[bytes]) -> int:
     """COPY lines made by :func:`encode_prediction` into ``predictions``; never duplicates a row.
 
-    The fast path is a plain ``COPY``. When it hits a ``request_id`` already stored (a replay
-    after a crash between commit and cleanup), it is rolled back to a savepoint taken just before
-    it, and the lines go through a temporary staging table and ``INSERT ... ON CONFLICT DO
-    NOTHING``: rows already stored keep their first version. The caller commits; what it did
+    The fast path is a plain ``COPY``. When it hits a prediction already stored (the same
+    ``request_id`` and time: a replay after a crash between commit and cleanup), it is rolled back
+    to a savepoint taken just before it, and the lines go through a temporary staging table and
+    ``INSERT ... ON CONFLICT DO NOTHING``, which also skips a ``request_id`` stored at another time:
+    rows already stored keep their first version. Rows whose day has no partition yet go to the
+    DEFAULT one (training.partitions). The caller commits; what it did
     earlier in the same transaction is kept.
 
     Args:
@@ -387,58 +407,123 @@ class FeedbackOutcome:
 # statement's snapshot holds the row it replaces (a FOR UPDATE inside the statement would skip a
 # row the upsert already changed). A first label racing another first label for the same request
 # is written as an update without a history row: the row it replaced was never visible to it.
-_LOCK_FEEDBACK = "SELECT 1 FROM feedback WHERE request_id = ANY(%s) ORDER BY request_id FOR UPDATE"
+_LOCK_FEEDBACK = (
+    "SELECT 1 FROM feedback WHERE request_id = %s AND predicted_at = %s ORDER BY request_id"
+    " FOR UPDATE"
+)
+_LOCK_FEEDBACK_MANY = (
+    "SELECT 1 FROM feedback WHERE request_id = ANY(%s) ORDER BY request_id, predicted_at FOR UPDATE"
+)
 
+# A label is stored beside its prediction: its day's partition, keyed by (request_id,
+# predicted_at), predicted_at being the prediction's created_at (found first: _PREDICTION_TIME).
+# A row the upsert inserted has revisions 0, one it updated 1 or more (a partitioned table's
+# RETURNING cannot read xmax).
 _FEEDBACK_UPSERT = """
 WITH previous AS (
     SELECT request_id, label, raw_label, key_id, received_at FROM feedback
-    WHERE request_id = %(request_id)s
+    WHERE request_id = %(request_id)s AND predicted_at = %(predicted_at)s
 ), written AS (
-    INSERT INTO feedback (request_id, label, raw_label, received_at, key_id)
-    SELECT p.request_id, %(label)s, %(raw_label)s, COALESCE(%(received_at)s, now()), %(key_id)s
-    FROM predictions p WHERE p.request_id = %(request_id)s
-    ON CONFLICT (request_id) DO UPDATE
+    INSERT INTO feedback (request_id, predicted_at, label, raw_label, received_at, key_id)
+    VALUES (%(request_id)s, %(predicted_at)s, %(label)s, %(raw_label)s,
+            COALESCE(%(received_at)s, now()), %(key_id)s)
+    ON CONFLICT (request_id, predicted_at) DO UPDATE
         SET label = EXCLUDED.label,
             raw_label = EXCLUDED.raw_label,
             received_at = EXCLUDED.received_at,
             key_id = EXCLUDED.key_id,
             revisions = feedback.revisions + 1
         WHERE feedback.label IS DISTINCT FROM EXCLUDED.label
-    RETURNING request_id, (xmax = 0) AS inserted
+    RETURNING request_id, (revisions = 0) AS inserted
 ), kept AS (
-    INSERT INTO feedback_history (request_id, label, raw_label, key_id, received_at, replaced_by)
-    SELECT p.request_id, p.label, p.raw_label, p.key_id, p.received_at, %(key_id)s
+    INSERT INTO feedback_history
+        (request_id, predicted_at, label, raw_label, key_id, received_at, replaced_by)
+    SELECT p.request_id, %(predicted_at)s, p.label, p.raw_label, p.key_id, p.received_at,
+           %(key_id)s
     FROM previous p JOIN written w USING (request_id)
     WHERE NOT w.inserted
 )
 SELECT inserted FROM written
 """
 
-# The same for many labels (one statement per page of execute_values).
+# The same for many labels (one statement per page of execute_values), with the request ids that
+# name no prediction.
 _FEEDBACK_MANY = """
 WITH incoming (request_id, label, raw_label, received_at, key_id) AS (VALUES %s),
-previous AS (
-    SELECT f.request_id, f.label, f.raw_label, f.key_id, f.received_at
-    FROM feedback f JOIN incoming i USING (request_id)
+matched AS (
+    SELECT i.*, p.created_at AS predicted_at
+    FROM incoming i JOIN predictions p ON p.request_id = i.request_id
+), previous AS (
+    SELECT f.request_id, f.predicted_at, f.label, f.raw_label, f.key_id, f.received_at
+    FROM feedback f JOIN matched m USING (request_id, predicted_at)
 ), written AS (
-    INSERT INTO feedback (request_id, label, raw_label, received_at, key_id)
-    SELECT request_id, label, raw_label, received_at, key_id FROM incoming
-    ON CONFLICT (request_id) DO UPDATE
+    INSERT INTO feedback (request_id, predicted_at, label, raw_label, received_at, key_id)
+    SELECT request_id, predicted_at, label, raw_label, received_at, key_id FROM matched
+    ON CONFLICT (request_id, predicted_at) DO UPDATE
         SET label = EXCLUDED.label,
             raw_label = EXCLUDED.raw_label,
             received_at = EXCLUDED.received_at,
             key_id = EXCLUDED.key_id,
             revisions = feedback.revisions + 1
         WHERE feedback.label IS DISTINCT FROM EXCLUDED.label
-    RETURNING request_id, (xmax = 0) AS inserted
+    RETURNING request_id, predicted_at, (revisions = 0) AS inserted
 ), kept AS (
-    INSERT INTO feedback_history (request_id, label, raw_label, key_id, received_at, replaced_by)
-    SELECT p.request_id, p.label, p.raw_label, p.key_id, p.received_at, i.key_id
-    FROM previous p JOIN written w USING (request_id) JOIN incoming i USING (request_id)
+    INSERT INTO feedback_history
+        (request_id, predicted_at, label, raw_label, key_id, received_at, replaced_by)
+    SELECT p.request_id, p.predicted_at, p.label, p.raw_label, p.key_id, p.received_at, m.key_id
+    FROM previous p JOIN written w USING (request_id, predicted_at)
+    JOIN matched m USING (request_id, predicted_at)
     WHERE NOT w.inserted
 )
-SELECT count(*) FROM written
+SELECT ARRAY(SELECT request_id FROM incoming EXCEPT SELECT request_id FROM matched)
 """
+
+# Request ids the service makes (new_request_ids) begin with the millisecond they were served, in
+# 12 hex digits, then 80 random bits: a label for one is looked for in its own day's partition.
+# Any other id (a backfill's, one made before) is looked for in every day.
+_SERVED_DIGITS = 12
+_SERVED_SLACK = timedelta(seconds=1)
+_PREDICTION_TIME = (
+    "SELECT created_at FROM predictions WHERE request_id = %s ORDER BY created_at LIMIT 1"
+)
+_PREDICTION_TIME_NEAR = (
+    "SELECT created_at FROM predictions WHERE request_id = %s"
+    " AND created_at >= %s AND created_at < %s ORDER BY created_at LIMIT 1"
+)
+
+
+def new_request_ids(count: int, served_at: datetime) -> list[str]:
+    """``count`` new request ids for predictions served at ``served_at``: 32 hex digits, the
+    millisecond first (so a label finds its prediction's day), then 80 random bits."""
+    prefix = format(int(served_at.timestamp() * 1000), f"0{_SERVED_DIGITS}x")
+    width = 32 - _SERVED_DIGITS
+    random = os.urandom(width // 2 * count).hex()
+    return [prefix + random[width * i : width * (i + 1)] for i in range(count)]
+
+
+def _served_window(request_id: str) -> tuple[datetime, datetime] | None:
+    """Where a prediction with an id made by :func:`new_request_ids` must lie, if it could be one."""
+    if len(request_id) != 32:
+        return None
+    try:
+        served = datetime.fromtimestamp(int(request_id[:_SERVED_DIGITS], 16) / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return served - _SERVED_SLACK, served + _SERVED_SLACK
+
+
+def _prediction_time(conn: Connection, request_id: str) -> datetime | None:
+    """The ``created_at`` of the prediction ``request_id`` names (the earliest, were there two)."""
+    window = _served_window(request_id)
+    with conn.cursor() as cur:
+        if window is not None:
+            cur.execute(_PREDICTION_TIME_NEAR, (request_id, *window))
+            row = cur.fetchone()
+            if row is not None:
+                return row[0]  # type: ignore[no-any-return]
+        cur.execute(_PREDICTION_TIME, (request_id,))
+        row = cur.fetchone()
+    return None if row is None else row[0]
 
 
 def _check_label(request_id: str, label: int) -> None:
@@ -476,22 +561,23 @@ def record_feedback(
         ValueError: ``label`` is not 0 or 1.
     """
     _check_label(request_id, label)
+    predicted_at = _prediction_time(conn, request_id)
+    if predicted_at is None:
+        raise NotFoundError(f"no prediction with request_id {request_id!r}")
     params = {
         "request_id": request_id,
+        "predicted_at": predicted_at,
         "label": label,
         "raw_label": raw_label,
         "received_at": received_at,
         "key_id": key_id,
     }
     with conn.cursor() as cur:
-        cur.execute(_LOCK_FEEDBACK, ([request_id],))
+        cur.execute(_LOCK_FEEDBACK, (request_id, predicted_at))
         cur.execute(_FEEDBACK_UPSERT, params)
         row = cur.fetchone()
-        if row is not None:
-            return FeedbackOutcome(request_id, label, "created" if row[0] else "updated")
-        cur.execute("SELECT label FROM feedback WHERE request_id = %s", (request_id,))
-        if cur.fetchone() is None:
-            raise NotFoundError(f"no prediction with request_id {request_id!r}")
+    if row is not None:
+        return FeedbackOutcome(request_id, label, "created" if row[0] else "updated")
     return FeedbackOutcome(request_id, label, "unchanged")
 
 
@@ -509,17 +595,28 @@ def record_feedback_many(
 
     Raises:
         ValueError: a label is not 0 or 1 (nothing is written).
+        NotFoundError: a request id names no prediction (nothing is written).
     """
     rows = [(*row, None) if len(row) == 3 else row for row in labels]
     for request_id, label, *_ in rows:
         _check_label(request_id, label)
     with conn.cursor() as cur:
-        cur.execute(_LOCK_FEEDBACK, (sorted({row[0] for row in rows}),))
-        psycopg2.extras.execute_values(
+        cur.execute("SAVEPOINT driftloop_feedback_many")
+        cur.execute(_LOCK_FEEDBACK_MANY, (sorted({row[0] for row in rows}),))
+        pages = psycopg2.extras.execute_values(
             cur,
             _FEEDBACK_MANY,
             [(request_id, label, raw, at, key_id) for request_id, label, at, raw in rows],
             template="(%s, %s::smallint, %s::text, COALESCE(%s::timestamptz, now()), %s::text)",
             page_size=1000,
+            fetch=True,
         )
+        unknown = sorted({request_id for (ids,) in pages for request_id in ids})
+        if unknown:
+            cur.execute("ROLLBACK TO SAVEPOINT driftloop_feedback_many")
+            raise NotFoundError(
+                f"no prediction with request_id {unknown[0]!r}"
+                + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+            )
+        cur.execute("RELEASE SAVEPOINT driftloop_feedback_many")
     return len(labels)

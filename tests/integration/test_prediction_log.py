@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import pytest
 
 from bentos import prediction_log
 from bentos.prediction_log import PredictionLog, SpoolFull
+from training.partitions import DAYS_AHEAD, PARTITIONED_TABLES, partition_days
 from training.store import (
     Connection,
     PredictionRecord,
@@ -81,9 +82,9 @@ def _lines(*request_ids: str) -> bytes:
 
 
 def _stored(url: str) -> list[str]:
-    """Every stored request id, in order. The primary key makes a duplicate row impossible: a
-    replay that does not dedupe shows as a writer stuck on a unique violation instead (records
-    missing, ``wait_stored`` timing out)."""
+    """Every stored request id, in order. The primary key, (request_id, created_at), makes a
+    replayed line impossible to store twice: a replay that does not dedupe shows as a writer stuck
+    on a unique violation instead (records missing, ``wait_stored`` timing out)."""
     with connect(url) as conn, conn.cursor() as cur:
         cur.execute("SELECT request_id FROM predictions ORDER BY request_id")
         return [row[0] for row in cur.fetchall()]
@@ -184,9 +185,19 @@ def test_awkward_records_round_trip_through_copy(store_url: str) -> None:
 
 
 def test_copy_predictions_replays_without_duplicates(store_url: str) -> None:
+    served = datetime.now(UTC)
     with connect(store_url) as conn:
-        assert copy_predictions(conn, _lines("a", "b")) == 2
-    replay = encode_prediction(_record("b", score=0.9)) + _lines("c")
+        assert (
+            copy_predictions(conn, _lines("a") + encode_prediction(_record("b", created_at=served)))
+            == 2
+        )
+    # A replay carries the same id and time ("b"; the primary key stops it, and the slow path
+    # keeps the first version); "a" again at another time is skipped by the slow path too.
+    replay = (
+        encode_prediction(_record("b", score=0.9, created_at=served))
+        + encode_prediction(_record("a", created_at=served + timedelta(days=2)))
+        + _lines("c")
+    )
 
     class Stream(io.RawIOBase):
         """A pipe-like source that cannot seek (the slow path must still see every line)."""
@@ -337,10 +348,12 @@ def test_a_segment_already_stored_is_replayed_without_duplicates(
 ) -> None:
     ids = [f"r{i}" for i in range(10)]
     segment = _lines(*ids)
-    # The dead worker committed the first half, then died before deleting its segment.
+    first_half = b"".join(segment.splitlines(keepends=True)[:5])
+    # The dead worker committed the first half, then died before deleting its segment: the same
+    # lines (ids and times) come again.
     with connect(store_url) as conn:
-        copy_predictions(conn, _lines(*ids[:5]))
-    dead = _dead_worker_spool(tmp_path / "spool", _lines(*ids[:5]), segment)
+        copy_predictions(conn, first_half)
+    dead = _dead_worker_spool(tmp_path / "spool", first_half, segment)
 
     log = make_log(store_url)
     assert log.wait_stored(time.time(), 10.0)
@@ -458,3 +471,21 @@ def test_the_spool_directory_is_private_and_locked(unreachable_url: str, make_lo
         os.close(fd)
     assert log.close(2.0)  # nothing spooled: nothing lost, the directory goes
     assert not directory.exists()
+
+
+def test_the_writer_makes_the_stores_days_ahead(store_url: str, make_log: MakeLog) -> None:
+    """A worker that runs for weeks never writes past the store's day partitions: its writer
+    makes the days ahead (as every store start does), here after the last one was dropped."""
+    last = datetime.now(UTC).date() + timedelta(days=DAYS_AHEAD)
+    with connect(store_url) as conn, conn.cursor() as cur:
+        for table in PARTITIONED_TABLES:
+            cur.execute(f"DROP TABLE {table}_p{last:%Y%m%d}")
+    with connect(store_url) as conn:
+        assert last not in partition_days(conn)
+    make_log(store_url)
+    assert _eventually(lambda: last in _days(store_url), timeout_s=15.0)
+
+
+def _days(url: str) -> list[date]:
+    with connect(url) as conn:
+        return partition_days(conn)
