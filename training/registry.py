@@ -21,6 +21,7 @@ import yaml
 from pydantic import ValidationError
 from sklearn.pipeline import Pipeline
 
+from training import runs
 from training.errors import NotFoundError
 from training.lineage import Lineage, capture
 from training.spec import ModelSpec
@@ -29,6 +30,7 @@ from training.store import Connection
 __all__ = [
     "ModelVersion",
     "champion",
+    "clear_bento_uri",
     "get_version",
     "load_model",
     "model_spec",
@@ -304,6 +306,16 @@ def promote(
         raise ValueError(f"model {tag} was rejected (it failed its gates or its run failed)")
     if version.status == "retired" and version.bento_tag is None:
         raise ValueError(f"model {tag} has no Bento to serve")
+    if version.status == "retired":
+        pruned = runs.deployments(
+            conn, target="retention", bento_tag=version.bento_tag, status="deleted", limit=1
+        )
+        if pruned:
+            raise ValueError(
+                f"model {tag}'s Bento {version.bento_tag} was pruned on "
+                f"{pruned[0].created_at:%Y-%m-%d %H:%M} ({pruned[0].detail.get('by')}): it has "
+                "nothing left to serve (restore it from a backup made before)"
+            )
     with conn.cursor() as cur:
         # One promotion of a model at a time: the previous champion read here stays the one retired.
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (version.model_name,))
@@ -407,3 +419,9 @@ def set_bento(conn: Connection, tag: str, bento_tag: str) -> None:
 def set_bento_uri(conn: Connection, tag: str, bento_uri: str) -> None:
     with conn.cursor() as cur:
         cur.execute("UPDATE model_versions SET bento_uri = %s WHERE tag = %s", (bento_uri, tag))
+
+
+def clear_bento_uri(conn: Connection, tag: str) -> None:
+    """The version's Bento export was deleted (``driftloop prune-models``)."""
+    with conn.cursor() as cur:
+        cur.execute("UPDATE model_versions SET bento_uri = NULL WHERE tag = %s", (tag,))
