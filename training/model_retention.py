@@ -29,7 +29,7 @@ from training.registry import ModelVersion
 from training.settings import Settings
 from training.store import Connection, connect
 
-__all__ = ["Facts", "Pruned", "Verdict", "decide", "prune_models", "read_facts"]
+__all__ = ["Facts", "Pruned", "Verdict", "decide", "prune_models", "read_facts", "refuse_pruned"]
 
 Progress = Callable[[str], None]
 
@@ -200,6 +200,26 @@ def _prune_one(
         if v.bento_uri is not None:
             registry.clear_bento_uri(conn, v.tag)
     return Pruned(v.model_name, v.tag, v.version, verdict.why, removed)
+
+
+def refuse_pruned(conn: Connection, tag: str) -> None:
+    """Refuse to make a pruned version champion: its Bento and model are gone.
+
+    Raises:
+        ValueError: ``tag`` was pruned (when, and by whom).
+    """
+    version = registry.get_version(conn, tag)
+    if version.bento_tag is None:
+        return
+    pruned = runs.deployments(
+        conn, target=RETENTION_TARGET, bento_tag=version.bento_tag, status="deleted", limit=1
+    )
+    if pruned:
+        raise ValueError(
+            f"model {tag}'s Bento {version.bento_tag} was pruned on "
+            f"{pruned[0].created_at:%Y-%m-%d %H:%M} by {pruned[0].detail.get('by')}: nothing is "
+            "left to serve (restore a backup made before to get it back)"
+        )
 
 
 def _model_names(conn: Connection) -> list[str]:

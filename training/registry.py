@@ -21,7 +21,6 @@ import yaml
 from pydantic import ValidationError
 from sklearn.pipeline import Pipeline
 
-from training import runs
 from training.errors import NotFoundError
 from training.lineage import Lineage, capture
 from training.spec import ModelSpec
@@ -306,16 +305,6 @@ def promote(
         raise ValueError(f"model {tag} was rejected (it failed its gates or its run failed)")
     if version.status == "retired" and version.bento_tag is None:
         raise ValueError(f"model {tag} has no Bento to serve")
-    if version.status == "retired":
-        pruned = runs.deployments(
-            conn, target="retention", bento_tag=version.bento_tag, status="deleted", limit=1
-        )
-        if pruned:
-            raise ValueError(
-                f"model {tag}'s Bento {version.bento_tag} was pruned on "
-                f"{pruned[0].created_at:%Y-%m-%d %H:%M} ({pruned[0].detail.get('by')}): it has "
-                "nothing left to serve (restore it from a backup made before)"
-            )
     with conn.cursor() as cur:
         # One promotion of a model at a time: the previous champion read here stays the one retired.
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (version.model_name,))

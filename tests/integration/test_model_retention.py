@@ -165,8 +165,12 @@ def test_prune_keeps_the_champion_the_one_before_and_what_is_used_and_records_th
         # The row stays (runs and promotions name it); its export is gone.
         v1 = registry.get_version(conn, v[1].tag)
         assert (v1.status, v1.bento_tag, v1.bento_uri) == ("retired", v[1].bento_tag, None)
-        with pytest.raises(ValueError, match=r"was pruned on .* nothing left to serve"):
-            registry.promote(conn, v[1].tag, reason="bring it back")
+
+    # `driftloop promote` (and `rollback`) refuse it, saying when and by whom it was pruned.
+    assert main(["promote", v[1].tag, "--reason", "bring it back"]) == 1
+    err = capsys.readouterr().err
+    assert f"model {v[1].tag}'s Bento {v[1].bento_tag} was pruned on " in err
+    assert "(driftloop prune-models): nothing is left to serve" in err
 
     # Again: nothing left to prune, nothing recorded twice.
     assert prune_models(get_settings(), keep=1) == []

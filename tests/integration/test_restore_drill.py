@@ -313,7 +313,7 @@ def test_the_loop_on_s3_restored_from_its_backup_on_s3(
         admin.close()
     create_database(server_url, database)
     shutil.rmtree(bentoml_home)
-    shutil.rmtree(home)
+    shutil.rmtree(home, ignore_errors=True)  # nothing may have needed it: the store is elsewhere
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="prod/")["Contents"]
     lost = [o["Key"] for o in listed if not o["Key"].startswith("prod/backups/")]
     for key in lost:
