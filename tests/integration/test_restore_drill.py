@@ -222,6 +222,7 @@ def test_the_demo_restored_from_a_backup_serves_the_same_champion_and_retrains(
         {
             "backup_s": round(backup_s, 1),
             **numbers,
+            "backup_parts": len(manifest["parts"]),
             "backup_bytes": sum(p["bytes"] for p in manifest["parts"]),
             "predictions": len(before["predictions"]),
             "model_versions": len(before["model_versions"]),
@@ -333,4 +334,16 @@ def test_the_loop_on_s3_restored_from_its_backup_on_s3(
     assert "VERDICT" in _python(env, _NEXT_RETRAIN)
     runs = _rows(url)["training_runs"]
     assert runs[-1][2] == "drill-after-restore"
-    _record("s3", {"backup_s": round(backup_s, 1), **numbers})
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=backup_uri.removeprefix(f"s3://{bucket}/"))
+    parts = [o for o in listed["Contents"] if not o["Key"].endswith("/manifest.json")]
+    _record(
+        "s3",
+        {
+            "backup_s": round(backup_s, 1),
+            **numbers,
+            "backup_parts": len(parts),
+            "backup_bytes": sum(o["Size"] for o in parts),
+            "predictions": len(before["predictions"]),
+            "model_versions": len(before["model_versions"]),
+        },
+    )
