@@ -1,16 +1,8 @@
 """Back up the store and the registered models: one consistent snapshot of PostgreSQL
 (``pg_dump --format=custom``), every registered version's Bento (``bentoml export``, which carries
 its model) or, without a Bento, its model, and each version's training set, written to the artifact
-store with a manifest of what, when, sizes and SHA-256 checksums.
-
-A backup is a folder ``<root>/<id>/`` (``<root>``: ``<artifacts root>/backups`` unless told
-otherwise; ``<id>``: the UTC time it started, ``20261126T021500Z``)::
-
-    database.dump                            pg_dump, custom format
-    bentos/<service>/<version>.bento         each version with a Bento (its model inside)
-    models/<model>/<version>.bentomodel      each version without one (a rejected challenger)
-    artifacts/<model>/<version>/train.parquet  each version's training set
-    manifest.json                            written last: a folder without it is no backup
+store with a manifest of what, when, sizes and SHA-256 checksums (the layout:
+:mod:`training.backup_manifest`).
 
 The registry is read in the transaction whose snapshot ``pg_dump`` dumps, so the models backed up
 are exactly the ones the dumped registry names. Restoring is :mod:`training.restore`.
@@ -18,8 +10,7 @@ are exactly the ones the dumped registry names. Restoring is :mod:`training.rest
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -28,128 +19,39 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import psycopg2.extensions
 from psycopg2 import sql
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from training import pg_tools
 from training.artifacts import ArtifactStore, join_uri, open_root, store_of
+from training.backup_manifest import (
+    DATABASE_PART,
+    FORMAT,
+    MANIFEST,
+    Left,
+    Manifest,
+    Part,
+    backup_root,
+    delete_backup,
+    prune_backups,
+    sha256_of,
+)
 from training.errors import DriftloopError, NotFoundError
 from training.lineage import code_revision
+from training.model_retention import RETENTION_TARGET
 from training.postgres import ensure_database
 from training.settings import Settings
 from training.store import Connection, connect
 
-__all__ = [
-    "MANIFEST",
-    "BackupEntry",
-    "Manifest",
-    "Part",
-    "backup",
-    "default_root",
-    "list_backups",
-    "prune_backups",
-    "read_manifest",
-    "sha256_of",
-    "table_rows",
-]
-
-MANIFEST = "manifest.json"
-FORMAT = 1
-DATABASE_PART = "database.dump"
-# deployments.target of a retention deletion (training.model_retention writes them).
-RETENTION_TARGET = "retention"
+__all__ = ["backup", "table_rows"]
 
 Progress = Callable[[str], None]
 
 
 def _quiet(_: str) -> None:
     return None
-
-
-class Part(BaseModel):
-    """One file of a backup."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["database", "bento", "model", "artifact"]
-    # The database's name, a Bento or model tag, or an artifact's recorded URI.
-    name: str
-    # The model version it belongs to (None for the database).
-    model_tag: str | None = None
-    # Its key under the backup's folder.
-    path: str
-    bytes: int
-    sha256: str
-    # Where it was taken from: "bentoml store", a recorded export's URI, "pg_dump".
-    source: str
-
-
-class Left(BaseModel):
-    """A registered version (or its training set) the backup does not hold, and why."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    model_tag: str
-    why: str
-
-
-class Manifest(BaseModel):
-    """What a backup holds (``manifest.json``), written once everything else is in place."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    format: int
-    id: str
-    created_at: datetime
-    finished_at: datetime
-    seconds: float
-    driftloop_version: str
-    code_revision: str
-    server_version: str
-    migrations: list[int]
-    # Rows per table of the dumped snapshot (a partitioned table counts its partitions' rows).
-    rows: dict[str, int]
-    # model name -> {"tag", "version", "bento_tag"} of its champion when the snapshot was taken.
-    champions: dict[str, dict[str, Any]]
-    parts: list[Part]
-    left_out: list[Left]
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(part.bytes for part in self.parts)
-
-
-@dataclass(frozen=True)
-class BackupEntry:
-    """A backup found under a root: complete when its manifest is there."""
-
-    id: str
-    uri: str
-    complete: bool
-
-
-def default_root(settings: Settings) -> str:
-    return join_uri(settings.artifacts_root, "backups")
-
-
-def _root(settings: Settings, to: str | None) -> str:
-    if to is None:
-        return default_root(settings)
-    if to.startswith("s3://"):
-        return to.rstrip("/")
-    return str(Path(to).expanduser().resolve())
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as source:
-        for block in iter(lambda: source.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _size(n: int) -> str:
@@ -386,7 +288,7 @@ def backup(
     started = time.monotonic()
     created = datetime.now(UTC)
     backup_id = f"{created:%Y%m%dT%H%M%SZ}"
-    root = _root(settings, to)
+    root = backup_root(settings, to)
     store = open_root(root, settings)
     if store.exists(store.uri(f"{backup_id}/{MANIFEST}")):
         raise DriftloopError(f"a backup {backup_id} already exists under {root}; try again")
@@ -435,7 +337,9 @@ def backup(
             manifest_file.write_text(manifest.model_dump_json(indent=2) + "\n")
             store.put(manifest_file, f"{backup_id}/{MANIFEST}")
     except BaseException:
-        _delete_backup(store, backup_id)
+        # What this run wrote goes; an error doing so must not hide the one that stopped it.
+        with contextlib.suppress(Exception):
+            delete_backup(store, backup_id)
         raise
     uri = join_uri(root, backup_id)
     progress(
@@ -446,70 +350,3 @@ def backup(
         for gone in prune_backups(settings, to=to, keep=keep):
             progress(f"deleted older backup {gone.id} ({gone.uri})")
     return uri, manifest
-
-
-def _delete_backup(store: ArtifactStore, backup_id: str) -> None:
-    # The manifest first: a backup half deleted must no longer look complete.
-    keys = store.list_keys(backup_id)
-    for key in sorted(keys, key=lambda k: not k.endswith(f"/{MANIFEST}")):
-        store.delete(store.uri(key))
-
-
-def list_backups(settings: Settings, *, to: str | None = None) -> list[BackupEntry]:
-    """The backups under a root, oldest first (incomplete ones too)."""
-    root = _root(settings, to)
-    store = open_root(root, settings)
-    found: dict[str, bool] = {}
-    for key in store.list_keys():
-        head, _, rest = key.partition("/")
-        if not rest:
-            continue
-        found[head] = found.get(head, False) or rest == MANIFEST
-    return [BackupEntry(i, join_uri(root, i), complete) for i, complete in sorted(found.items())]
-
-
-def prune_backups(settings: Settings, *, to: str | None = None, keep: int) -> list[BackupEntry]:
-    """Delete all but the newest ``keep`` complete backups under a root, and any incomplete one
-    older than the newest complete backup (a run that failed part-way); returns those deleted."""
-    if keep < 1:
-        raise ValueError(f"--keep must be 1 or more, got {keep}")
-    entries = list_backups(settings, to=to)
-    complete = [e for e in entries if e.complete]
-    if not complete:
-        return []
-    newest = complete[-1].id
-    gone = complete[:-keep] + [e for e in entries if not e.complete and e.id < newest]
-    store = open_root(_root(settings, to), settings)
-    for entry in gone:
-        _delete_backup(store, entry.id)
-    return sorted(gone, key=lambda e: e.id)
-
-
-def read_manifest(store: ArtifactStore, backup_uri: str, local: Path) -> Manifest:
-    """The manifest of the backup at ``backup_uri``.
-
-    Raises:
-        NotFoundError: no manifest there.
-        DriftloopError: it is not a driftloop backup manifest, or one of a newer format.
-    """
-    uri = join_uri(backup_uri, MANIFEST)
-    if not store.exists(uri):
-        raise NotFoundError(f"no backup at {backup_uri}: {MANIFEST} is missing")
-    store.fetch(uri, local)
-    try:
-        raw = json.loads(local.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DriftloopError(f"{uri} is not JSON ({exc}): the backup is damaged") from None
-    if isinstance(raw, dict) and isinstance(raw.get("format"), int) and raw["format"] > FORMAT:
-        raise DriftloopError(
-            f"{uri} is a backup of format {raw['format']}, newer than this driftloop reads "
-            f"({FORMAT}): restore it with the driftloop that made it ({raw.get('driftloop_version')})"
-        )
-    try:
-        return Manifest.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise DriftloopError(
-            f"{uri} is not a driftloop backup manifest ({where}: {first['msg']})"
-        ) from None

@@ -22,14 +22,25 @@ from typing import Any
 
 from training import registry, runs
 from training.artifacts import store_of
-from training.backup import RETENTION_TARGET
 from training.errors import NotFoundError
 from training.postgres import ensure_database
 from training.registry import ModelVersion
 from training.settings import Settings
 from training.store import Connection, connect
 
-__all__ = ["Facts", "Pruned", "Verdict", "decide", "prune_models", "read_facts", "refuse_pruned"]
+__all__ = [
+    "RETENTION_TARGET",
+    "Facts",
+    "Pruned",
+    "Verdict",
+    "decide",
+    "prune_models",
+    "read_facts",
+    "refuse_pruned",
+]
+
+# deployments.target of each pruning (a backup leaves pruned versions out on purpose).
+RETENTION_TARGET = "retention"
 
 Progress = Callable[[str], None]
 

@@ -22,14 +22,15 @@ from psycopg2 import sql
 
 from training import pg_tools
 from training.artifacts import ArtifactStore, join_uri, open_root, store_of, under_root
-from training.backup import (
+from training.backup import table_rows
+from training.backup_manifest import (
     MANIFEST,
     Manifest,
     Part,
+    backup_root,
     list_backups,
     read_manifest,
     sha256_of,
-    table_rows,
 )
 from training.errors import DriftloopError, NotFoundError
 from training.postgres import database_url
@@ -70,7 +71,7 @@ def find_backup(settings: Settings, uri: str) -> str:
     Raises:
         NotFoundError: neither.
     """
-    root = uri.rstrip("/") if uri.startswith("s3://") else str(Path(uri).expanduser().resolve())
+    root = backup_root(settings, uri)
     store = open_root(root, settings)
     if store.exists(store.uri(MANIFEST)):
         return root

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_retrain_dag import airflow  # noqa: F401 - a fixture
-from training.backup import backup, list_backups
+from training.backup import backup
+from training.backup_manifest import list_backups
 from training.postgres import create_database, with_database
 from training.settings import get_settings
 from training.store import PredictionRecord, connect, record_feedback_many, record_predictions

