@@ -29,6 +29,7 @@ from training.store import Connection
 __all__ = [
     "ModelVersion",
     "champion",
+    "clear_bento_uri",
     "get_version",
     "load_model",
     "model_spec",
@@ -407,3 +408,9 @@ def set_bento(conn: Connection, tag: str, bento_tag: str) -> None:
 def set_bento_uri(conn: Connection, tag: str, bento_uri: str) -> None:
     with conn.cursor() as cur:
         cur.execute("UPDATE model_versions SET bento_uri = %s WHERE tag = %s", (bento_uri, tag))
+
+
+def clear_bento_uri(conn: Connection, tag: str) -> None:
+    """The version's Bento export was deleted (``driftloop prune-models``)."""
+    with conn.cursor() as cur:
+        cur.execute("UPDATE model_versions SET bento_uri = NULL WHERE tag = %s", (tag,))

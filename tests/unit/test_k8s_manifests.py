@@ -48,7 +48,12 @@ def _overlay(tmp_path: Path, body: str) -> Path:
 
 
 def _rendered(overlay: str) -> dict[str, dict[str, Any]]:
-    return {obj["kind"]: obj for obj in check.render(DEPLOY / "overlays" / overlay)}
+    """The model service's objects by kind (the backup component's are tests/unit/test_backup_manifests.py's)."""
+    return {
+        obj["kind"]: obj
+        for obj in check.render(DEPLOY / "overlays" / overlay)
+        if obj["metadata"].get("labels", {}).get("app.kubernetes.io/component") != "backup"
+    }
 
 
 def test_make_k8s_check_passes_on_every_overlay() -> None:

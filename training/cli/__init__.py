@@ -7,7 +7,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from training.cli import data, history, keys, loop, models, prune, release, serving
+from training.cli import data, history, keys, loop, models, prune, recovery, release, serving
 from training.errors import DriftloopError
 from training.settings import get_settings
 
@@ -17,7 +17,7 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="driftloop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for commands in (data, history, keys, loop, models, prune, release, serving):
+    for commands in (data, history, keys, loop, models, prune, recovery, release, serving):
         commands.add_parsers(sub)
     return parser
 

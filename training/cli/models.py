@@ -92,9 +92,11 @@ def _promote(
     settings: Settings, tag: str, action: Literal["promote", "rollback"], reason: str
 ) -> int:
     from training import registry
+    from training.model_retention import refuse_pruned
     from training.store import connect
 
     with connect(store(settings)) as conn:
+        refuse_pruned(conn, tag)
         before = registry.champion(conn, registry.get_version(conn, tag).model_name)
         promoted = registry.promote(conn, tag, by=_who(action), reason=reason, action=action)
     print(
