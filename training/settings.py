@@ -56,6 +56,10 @@ class Settings(BaseSettings):
         auth_fail_burst: such requests an address may send at once.
         grpc_port: the port every service worker serves the gRPC API on (``0``: no gRPC).
         grpc_host: the address it listens on; by default the one the HTTP server listens on.
+        serve_follow_poll_s: how often ``driftloop serve`` reads the registry for a new champion,
+            whose Bento it then starts beside the running one and switches to once it is ready.
+        serve_ready_timeout_s: how long a Bento ``driftloop serve`` starts may take to answer
+            ``/readyz``; past it, it is stopped and the one running keeps serving.
         kubeconfig: the kubeconfig ``driftloop rollout`` uses; else ``KUBECONFIG``, ``~/.kube/config``
             or, inside a pod, its service account.
         k8s_context: a context of that kubeconfig; its current context if unset.
@@ -109,6 +113,8 @@ class Settings(BaseSettings):
     auth_fail_burst: int = Field(20, ge=1)
     grpc_port: int = Field(3001, ge=0, le=65535)
     grpc_host: str | None = None
+    serve_follow_poll_s: float = Field(5.0, gt=0)
+    serve_ready_timeout_s: float = Field(300.0, gt=0)
     kubeconfig: Path | None = None
     k8s_context: str | None = None
     k8s_namespace: str = "default"
