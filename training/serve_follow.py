@@ -96,7 +96,10 @@ class Generation:
         import psutil
 
         try:
-            tree = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
+            tree = [
+                psutil.Process(self.process.pid),
+                *psutil.Process(self.process.pid).children(recursive=True),
+            ]
         except psutil.NoSuchProcess:
             tree = []
         if self.process.poll() is None:
@@ -165,6 +168,9 @@ class Follower:
         return current.tag, current.bento_tag, current.version
 
     def _record(self, generation: Generation, status: str, **detail: object) -> None:
+        self._record_tags(generation.model_tag, generation.bento_tag, status, **detail)
+
+    def _record_tags(self, model_tag: str, bento_tag: str, status: str, **detail: object) -> None:
         from training import runs
         from training.store import connect
 
@@ -172,8 +178,8 @@ class Follower:
             with connect(self.url) as conn:
                 runs.record_deployment(
                     conn,
-                    generation.model_tag,
-                    generation.bento_tag,
+                    model_tag,
+                    bento_tag,
                     target="local",
                     status=status,
                     detail={
@@ -184,7 +190,7 @@ class Follower:
                     },
                 )
         except Exception as exc:  # the store away for a moment must not stop serving
-            self.echo(f"could not record the deployment of {generation.name}: {exc}")
+            self.echo(f"could not record the deployment of {bento_tag}: {exc}")
 
     # -- generations --------------------------------------------------------------------------
 
@@ -259,6 +265,18 @@ class Follower:
             self._stop.wait(PROBE_EVERY_S)
         return "the follower is stopping"
 
+    def _refuse(self, name: str, model_tag: str, bento_tag: str, why: str) -> None:
+        """Keep the running generation; try this Bento again only if the champion changes again."""
+        assert self.current is not None
+        self.refused = bento_tag
+        self.echo(
+            f"NOT switching to {name}: {why}; still serving {self.current.name} "
+            "(tries again when the champion changes)"
+        )
+        self._record_tags(
+            model_tag, bento_tag, "failed", reason=why, kept_bento_tag=self.current.bento_tag
+        )
+
     def _switch(self, model_tag: str, bento_tag: str, version: int) -> None:
         old = self.current
         assert old is not None
@@ -269,24 +287,20 @@ class Follower:
         try:
             generation = self._start(model_tag, bento_tag, version)
         except Exception as exc:
-            self.refused = bento_tag
-            self.echo(f"could not start {new_name}: {exc}; still serving {old.name}")
+            self._refuse(new_name, model_tag, bento_tag, f"it could not be started: {exc}")
             return
         why = self._wait_ready(generation, self.settings.serve_ready_timeout_s)
         if why is not None:
-            self.refused = bento_tag
             generation.stop()
-            self.echo(
-                f"NOT switching to {new_name}: {why}; still serving {old.name} "
-                f"(tries again when the champion changes)"
-            )
-            self._record(generation, "failed", reason=why, kept_bento_tag=old.bento_tag)
+            self._refuse(new_name, model_tag, bento_tag, why)
             return
         seconds = time.monotonic() - generation.started
         self.current = generation
         self.refused = None
         self.echo(f"switched to {new_name}: ready after {seconds:.1f}s; stopping {old.name}")
-        self._record(generation, "serving", previous_bento_tag=old.bento_tag, switch_s=round(seconds, 1))
+        self._record(
+            generation, "serving", previous_bento_tag=old.bento_tag, switch_s=round(seconds, 1)
+        )
         code = old.stop()
         self.echo(f"stopped {old.name} (exit {code})")
 
@@ -356,7 +370,9 @@ class Follower:
                 found = self.champion()
             except Exception as exc:
                 if not unreachable:
-                    self.echo(f"cannot read the registry ({exc}); still serving {self.current.name}")
+                    self.echo(
+                        f"cannot read the registry ({exc}); still serving {self.current.name}"
+                    )
                 unreachable = True
                 continue
             if unreachable:

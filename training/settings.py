@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -73,6 +73,13 @@ class Settings(BaseSettings):
         rollout_bake_s: how long the ready canary must stay healthy before it is promoted.
         rollout_max_restarts: container restarts the canary may have before it is rolled back.
         rollout_poll_s: how often the canary's health is read.
+        rollout_max_error_rate: the share of the canary's requests over the bake that may be
+            answered with server errors (HTTP 5xx, gRPC INTERNAL/UNAVAILABLE/...), counted from
+            its pods' ``/metrics`` through the API server; ``1`` turns the check off.
+        rollout_min_requests: fewer requests than this over the bake are too few to judge the
+            canary's error rate by (the bake then passes on readiness and restarts alone).
+        rollout_metrics_key: an ``admin`` API key for reading the canary's ``/metrics`` when it
+            serves with ``DRIFTLOOP_AUTH=on``.
         retrain_retries: how many times the retrain DAG retries a failed task (transient errors: the
             database or the artifact store away for a moment); 0 fails at the first error.
         retrain_retry_delay_s: the wait before the first retry; each next one waits twice as long.
@@ -126,6 +133,9 @@ class Settings(BaseSettings):
     rollout_bake_s: float = Field(300.0, ge=0)
     rollout_max_restarts: int = Field(0, ge=0)
     rollout_poll_s: float = Field(2.0, gt=0)
+    rollout_max_error_rate: float = Field(0.05, ge=0, le=1)
+    rollout_min_requests: int = Field(20, ge=1)
+    rollout_metrics_key: SecretStr | None = None
     retrain_retries: int = Field(2, ge=0, le=20)
     retrain_retry_delay_s: float = Field(60.0, ge=0)
     retrain_retry_max_delay_s: float = Field(1800.0, ge=0)

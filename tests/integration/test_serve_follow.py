@@ -167,11 +167,15 @@ def _grpc_client(port: int, body: dict[str, object], seen: Traffic, stop: thread
             time.sleep(0.01)
 
 
-@contextmanager
-def traffic(served: Served, clients: int = 2, grpc: bool = False) -> Iterator[Traffic]:
+def _example() -> dict[str, object]:
     from training.spec import load_spec
 
-    body = load_spec().example_request()
+    return load_spec().example_request()
+
+
+@contextmanager
+def traffic(served: Served, clients: int = 2, grpc: bool = False) -> Iterator[Traffic]:
+    body = _example()
     seen, stop = Traffic(), threading.Event()
     threads = [
         threading.Thread(target=_http_client, args=(served.url, body, seen, stop), daemon=True)
@@ -243,13 +247,15 @@ def test_a_promotion_switches_the_server_to_the_new_champion_without_a_failed_re
     ]
 
 
-def test_a_champion_whose_bento_cannot_start_leaves_the_running_one_serving(
+def test_a_champion_whose_bento_never_becomes_ready_leaves_the_running_one_serving(
     env: Path, store_url: str, versions: Versions
 ) -> None:
+    import bentoml
+
     first_version = versions.first.partition(":")[2]
-    with connect(store_url) as conn:
-        # A Bento tag the BentoML store does not have (and no export of it to import).
-        registry.set_bento(conn, versions.second, "churn_service:missing")
+    # The second Bento's model file is damaged: its workers fail while loading it, again and again.
+    (model_file,) = Path(bentoml.get(versions.second_bento).path).glob("models/**/model.joblib")
+    model_file.write_bytes(b"not a model")
     with follower(env) as served, traffic(served, clients=1) as seen:
         _until(lambda: len(seen.versions) > 50, "traffic to the first champion", served)
 
@@ -261,6 +267,22 @@ def test_a_champion_whose_bento_cannot_start_leaves_the_running_one_serving(
 
     assert seen.failures == []
     assert set(seen.versions) == {first_version}
-    assert "still serving v1" in served.text()
+    assert f"NOT switching to v2 ({versions.second}): " in served.text()
+    assert f"still serving v1 ({versions.first})" in served.text()
     statuses = [status for _, _, status in _local_deployments(store_url)]
     assert statuses == ["serving", "failed"]
+
+
+def test_a_champion_whose_bento_is_nowhere_leaves_the_running_one_serving(
+    env: Path, store_url: str, versions: Versions
+) -> None:
+    with connect(store_url) as conn:
+        # Promoted on another machine, say: not in this BentoML store, and no export recorded.
+        registry.set_bento(conn, versions.second, "churn_service:missing")
+    with follower(env) as served:
+        assert main(["promote", versions.second, "--reason", "a Bento made elsewhere"]) == 0
+        served.wait_for_line("NOT switching to v2")
+        response = httpx.post(f"{served.url}/predict", json=_example(), timeout=30)
+
+    assert response.json()["model_version"] == versions.first.partition(":")[2]
+    assert "churn_service:missing is not in the local BentoML store" in served.text()
