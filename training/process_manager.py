@@ -95,7 +95,7 @@ def _private_init(base: Any) -> Callable[..., None]:
 def _adopted_socket(name: str, fd: int) -> Any:
     """A circus socket named ``name`` on the already bound and listening ``fd``: circus hands it
     to the workers as ``$(circus.sockets.<name>)`` and closes only this process's copy."""
-    from circus.sockets import CircusSocket
+    from circus.sockets import CircusSocket  # type: ignore[import-untyped]
 
     class Adopted(CircusSocket):  # type: ignore[misc]
         def __init__(self) -> None:

@@ -46,6 +46,8 @@ __all__ = ["Follower", "listen"]
 STOP_TIMEOUT_S = 90.0
 # How often a starting generation is asked for /readyz.
 PROBE_EVERY_S = 0.25
+# A starting generation whose workers have all exited for this long has failed.
+WORKERS_GONE_S = 5.0
 
 
 def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
@@ -90,6 +92,15 @@ class Generation:
                 return client.get("http://generation/readyz").status_code == 200
         except httpx.HTTPError:
             return False
+
+    def workers(self) -> int:
+        """How many worker processes BentoML's arbiter (this generation's process) runs now."""
+        import psutil  # type: ignore[import-untyped]  # no stubs
+
+        try:
+            return len(psutil.Process(self.process.pid).children())
+        except psutil.Error:
+            return 0
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM, then (past ``timeout_s``) SIGKILL to what is left of its processes."""
@@ -252,14 +263,27 @@ class Follower:
         return Generation(self._count, model_tag, bento_tag, version, process, folder, probe)
 
     def _wait_ready(self, generation: Generation, timeout_s: float) -> str | None:
-        """None once the generation is ready; else why it is not (it exited, or the time ran out)."""
+        """None once the generation is ready; else why it is not (it exited, its workers died,
+        or the time ran out)."""
         deadline = time.monotonic() + timeout_s
+        workers_gone_at: float | None = None
+        had_workers = False
         while not self._stop.is_set():
             code = generation.process.poll()
             if code is not None:
                 return f"its server exited with {code} before it was ready"
             if generation.ready():
                 return None
+            # A worker that fails while starting (a model that cannot be loaded) exits, and
+            # BentoML's arbiter stays up without it: no worker for a while is as good as an exit.
+            workers = generation.workers()
+            had_workers = had_workers or workers > 0
+            if had_workers and workers == 0:
+                workers_gone_at = workers_gone_at or time.monotonic()
+                if time.monotonic() - workers_gone_at >= WORKERS_GONE_S:
+                    return "its workers exited before it was ready (the server's log says why)"
+            else:
+                workers_gone_at = None
             if time.monotonic() >= deadline:
                 return f"it did not answer /readyz within {timeout_s:.0f}s"
             self._stop.wait(PROBE_EVERY_S)

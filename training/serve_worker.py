@@ -103,7 +103,7 @@ def main() -> None:
     # puts first on sys.path); this project's, imported to get here, would stand in for it.
     for name in [name for name in sys.modules if name.partition(".")[0] == "training"]:
         del sys.modules[name]
-    from _bentoml_impl.worker.service import main as worker
+    from _bentoml_impl.worker.service import main as worker  # type: ignore[import-untyped]
 
     worker()
 

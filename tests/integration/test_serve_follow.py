@@ -247,42 +247,38 @@ def test_a_promotion_switches_the_server_to_the_new_champion_without_a_failed_re
     ]
 
 
-def test_a_champion_whose_bento_never_becomes_ready_leaves_the_running_one_serving(
+def test_a_champion_whose_bento_cannot_serve_leaves_the_running_one_serving(
     env: Path, store_url: str, versions: Versions
 ) -> None:
+    """Two new champions in turn that cannot take over: one whose Bento is nowhere to be found
+    (promoted on another machine, say: not in this BentoML store, no export recorded), then one
+    whose Bento starts but whose workers fail loading a damaged model file."""
     import bentoml
 
+    from training.registry import MODEL_FILE
+
     first_version = versions.first.partition(":")[2]
-    # The second Bento's model file is damaged: its workers fail while loading it, again and again.
-    (model_file,) = Path(bentoml.get(versions.second_bento).path).glob("models/**/model.joblib")
-    model_file.write_bytes(b"not a model")
+    second = f"v2 ({versions.second})"
+    Path(bentoml.models.get(versions.second).path_of(MODEL_FILE)).write_bytes(b"not a model")
+    with connect(store_url) as conn:
+        registry.set_bento(conn, versions.second, "churn_service:missing")
     with follower(env) as served, traffic(served, clients=1) as seen:
         _until(lambda: len(seen.versions) > 50, "traffic to the first champion", served)
 
-        assert main(["promote", versions.second, "--reason", "a broken Bento"]) == 0
-
-        served.wait_for_line("NOT switching to v2")
+        assert main(["promote", versions.second, "--reason", "a Bento made elsewhere"]) == 0
+        served.wait_for_line(f"NOT switching to {second}: it could not be started")
+        with connect(store_url) as conn:  # its Bento, found again
+            registry.set_bento(conn, versions.second, versions.second_bento)
+        served.wait_for_line(
+            f"NOT switching to {second}: its workers exited", timeout_s=2 * READY_S
+        )
         count = len(seen.versions)
-        _until(lambda: len(seen.versions) > count + 50, "traffic after the refusal", served)
+        _until(lambda: len(seen.versions) > count + 50, "traffic after the refusals", served)
 
+    log = served.text()
     assert seen.failures == []
     assert set(seen.versions) == {first_version}
-    assert f"NOT switching to v2 ({versions.second}): " in served.text()
-    assert f"still serving v1 ({versions.first})" in served.text()
+    assert "churn_service:missing is not in the local BentoML store" in log
+    assert log.count(f"still serving v1 ({versions.first})") == 2
     statuses = [status for _, _, status in _local_deployments(store_url)]
-    assert statuses == ["serving", "failed"]
-
-
-def test_a_champion_whose_bento_is_nowhere_leaves_the_running_one_serving(
-    env: Path, store_url: str, versions: Versions
-) -> None:
-    with connect(store_url) as conn:
-        # Promoted on another machine, say: not in this BentoML store, and no export recorded.
-        registry.set_bento(conn, versions.second, "churn_service:missing")
-    with follower(env) as served:
-        assert main(["promote", versions.second, "--reason", "a Bento made elsewhere"]) == 0
-        served.wait_for_line("NOT switching to v2")
-        response = httpx.post(f"{served.url}/predict", json=_example(), timeout=30)
-
-    assert response.json()["model_version"] == versions.first.partition(":")[2]
-    assert "churn_service:missing is not in the local BentoML store" in served.text()
+    assert statuses == ["serving", "failed", "failed"]
