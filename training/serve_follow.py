@@ -46,8 +46,6 @@ __all__ = ["Follower", "listen"]
 STOP_TIMEOUT_S = 90.0
 # How often a starting generation is asked for /readyz.
 PROBE_EVERY_S = 0.25
-# A starting generation whose workers have all exited for this long has failed.
-WORKERS_GONE_S = 5.0
 
 
 def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
@@ -93,14 +91,14 @@ class Generation:
         except httpx.HTTPError:
             return False
 
-    def workers(self) -> int:
-        """How many worker processes BentoML's arbiter (this generation's process) runs now."""
+    def workers(self) -> set[int]:
+        """The worker processes BentoML's arbiter (this generation's process) runs now."""
         import psutil  # type: ignore[import-untyped]  # no stubs
 
         try:
-            return len(psutil.Process(self.process.pid).children())
+            return {child.pid for child in psutil.Process(self.process.pid).children()}
         except psutil.Error:
-            return 0
+            return set()
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM, then (past ``timeout_s``) SIGKILL to what is left of its processes."""
@@ -266,8 +264,7 @@ class Follower:
         """None once the generation is ready; else why it is not (it exited, its workers died,
         or the time ran out)."""
         deadline = time.monotonic() + timeout_s
-        workers_gone_at: float | None = None
-        had_workers = False
+        seen: set[int] = set()
         while not self._stop.is_set():
             code = generation.process.poll()
             if code is not None:
@@ -275,15 +272,13 @@ class Follower:
             if generation.ready():
                 return None
             # A worker that fails while starting (a model that cannot be loaded) exits, and
-            # BentoML's arbiter stays up without it: no worker for a while is as good as an exit.
+            # BentoML's arbiter starts another that fails the same way, a minute later if
+            # loading takes a minute: the first worker to exit before the rest are ready is
+            # enough. (No worker of a healthy start exits.)
             workers = generation.workers()
-            had_workers = had_workers or workers > 0
-            if had_workers and workers == 0:
-                workers_gone_at = workers_gone_at or time.monotonic()
-                if time.monotonic() - workers_gone_at >= WORKERS_GONE_S:
-                    return "its workers exited before it was ready (the server's log says why)"
-            else:
-                workers_gone_at = None
+            if seen - workers:
+                return "a worker exited while starting (the server's log above says why)"
+            seen |= workers
             if time.monotonic() >= deadline:
                 return f"it did not answer /readyz within {timeout_s:.0f}s"
             self._stop.wait(PROBE_EVERY_S)
