@@ -48,6 +48,10 @@ def check_port(settings: Settings) -> bool:
     """
     if settings.grpc_port == 0:
         return False
+    if os.environ.get("DRIFTLOOP_GRPC_PORT_SHARED") == "1":
+        # `driftloop serve` checked it once for every server it starts: the workers of the one
+        # running hold it now, and the next one's share it with them until they stop.
+        return True
     host = settings.grpc_host or "0.0.0.0"  # a probe: any listener on the port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -56,6 +56,10 @@ class Settings(BaseSettings):
         auth_fail_burst: such requests an address may send at once.
         grpc_port: the port every service worker serves the gRPC API on (``0``: no gRPC).
         grpc_host: the address it listens on; by default the one the HTTP server listens on.
+        serve_follow_poll_s: how often ``driftloop serve`` reads the registry for a new champion,
+            whose Bento it then starts beside the running one and switches to once it is ready.
+        serve_ready_timeout_s: how long a Bento ``driftloop serve`` starts may take to answer
+            ``/readyz``; past it, it is stopped and the one running keeps serving.
         kubeconfig: the kubeconfig ``driftloop rollout`` uses; else ``KUBECONFIG``, ``~/.kube/config``
             or, inside a pod, its service account.
         k8s_context: a context of that kubeconfig; its current context if unset.
@@ -69,6 +73,13 @@ class Settings(BaseSettings):
         rollout_bake_s: how long the ready canary must stay healthy before it is promoted.
         rollout_max_restarts: container restarts the canary may have before it is rolled back.
         rollout_poll_s: how often the canary's health is read.
+        rollout_max_error_rate: the share of the canary's requests over the bake that may be
+            answered with server errors (HTTP 5xx, gRPC INTERNAL/UNAVAILABLE/...), counted from
+            its pods' ``/metrics`` through the API server; ``1`` turns the check off.
+        rollout_min_requests: fewer requests than this over the bake are too few to judge the
+            canary's error rate by (the bake then passes on readiness and restarts alone).
+        rollout_metrics_key: an ``admin`` API key for reading the canary's ``/metrics`` when it
+            serves with ``DRIFTLOOP_AUTH=on``.
         retrain_retries: how many times the retrain DAG retries a failed task (transient errors: the
             database or the artifact store away for a moment); 0 fails at the first error.
         retrain_retry_delay_s: the wait before the first retry; each next one waits twice as long.
@@ -109,6 +120,8 @@ class Settings(BaseSettings):
     auth_fail_burst: int = Field(20, ge=1)
     grpc_port: int = Field(3001, ge=0, le=65535)
     grpc_host: str | None = None
+    serve_follow_poll_s: float = Field(5.0, gt=0)
+    serve_ready_timeout_s: float = Field(300.0, gt=0)
     kubeconfig: Path | None = None
     k8s_context: str | None = None
     k8s_namespace: str = "default"
@@ -120,6 +133,9 @@ class Settings(BaseSettings):
     rollout_bake_s: float = Field(300.0, ge=0)
     rollout_max_restarts: int = Field(0, ge=0)
     rollout_poll_s: float = Field(2.0, gt=0)
+    rollout_max_error_rate: float = Field(0.05, ge=0, le=1)
+    rollout_min_requests: int = Field(20, ge=1)
+    rollout_metrics_key: SecretStr | None = None
     retrain_retries: int = Field(2, ge=0, le=20)
     retrain_retry_delay_s: float = Field(60.0, ge=0)
     retrain_retry_max_delay_s: float = Field(1800.0, ge=0)

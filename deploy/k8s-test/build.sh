@@ -24,6 +24,11 @@ if ! have_etcd; then
   apt_update
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
 fi
+# `ip` (iproute2): the tier's pods answer in a network namespace of the tests' own.
+if ! command -v ip >/dev/null 2>&1; then
+  apt_update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
+fi
 
 if [ -x "$cache/kube-apiserver" ] && [ -x "$cache/kube-controller-manager" ]; then
   echo "k8s-test-tools: cached in $cache"

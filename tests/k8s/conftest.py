@@ -28,6 +28,8 @@ from lightkube.resources.core_v1 import Namespace, Service
 
 from tests.k8s.cluster import Cluster, missing_tools, start_cluster
 from tests.k8s.node_agent import NodeAgent
+from tests.k8s.pod_network import PodNetwork
+from tests.k8s.pod_network import missing as network_missing
 
 STABLE = "churn"
 STABLE_IMAGE = "registry.test/churn_service:good-a"
@@ -51,24 +53,35 @@ class Kube:
 @pytest.fixture(scope="session")
 def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     missing = missing_tools()
+    why = network_missing()
+    if why:
+        missing.append(why)
     if missing:
         message = f"missing {', '.join(missing)}: run make k8s-test-tools"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
     began = time.monotonic()
-    cluster = start_cluster(tmp_path_factory.mktemp("kube"))
+    network = PodNetwork()
     try:
-        client = Client(KubeConfig.from_file(cluster.kubeconfig), field_manager="driftloop-tests")
-        # Its own client: the agent's thread and the test's never share a connection pool.
-        agent = NodeAgent(
-            Client(KubeConfig.from_file(cluster.kubeconfig), field_manager="node-agent")
-        )
-        agent.start()
-        yield Kube(cluster, client, agent, time.monotonic() - began)
-        agent.stop()
+        cluster = start_cluster(tmp_path_factory.mktemp("kube"))
+        try:
+            client = Client(
+                KubeConfig.from_file(cluster.kubeconfig), field_manager="driftloop-tests"
+            )
+            # Its own client: the agent's thread and the test's never share a connection pool.
+            agent = NodeAgent(
+                Client(KubeConfig.from_file(cluster.kubeconfig), field_manager="node-agent"),
+                network,
+            )
+            agent.start()
+            yield Kube(cluster, client, agent, time.monotonic() - began)
+            agent.stop()
+        finally:
+            cluster.stop()
     finally:
-        cluster.stop()
+        # Last: nothing sends to a pod address once the API server and the agent are gone.
+        network.close()
 
 
 def _stable(namespace: str, replicas: int) -> Deployment:
@@ -148,6 +161,7 @@ def kube(kube_cluster: Kube, env: Path, monkeypatch: pytest.MonkeyPatch) -> Kube
         "DRIFTLOOP_ROLLOUT_PROGRESS_DEADLINE_S": "15",
         "DRIFTLOOP_ROLLOUT_BAKE_S": "2",
         "DRIFTLOOP_ROLLOUT_POLL_S": "0.25",
+        "DRIFTLOOP_ROLLOUT_MIN_REQUESTS": "6",
     }.items():
         monkeypatch.setenv(name, value)
     return KubeTest(kube_cluster, namespace)

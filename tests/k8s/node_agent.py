@@ -8,10 +8,13 @@ would take minutes per test, so a pod's health follows a rule on its container i
   ``/readyz`` would keep failing);
 - an image whose tag starts with ``crash`` exits over and over (a restart every second, waiting in
   ``CrashLoopBackOff``);
+- an image whose tag starts with ``errors`` becomes ready and never restarts, but answers every
+  other prediction with a 500 (and counts it in its ``/metrics``);
 - any other image becomes ready half a second after its pod is bound.
 
-Pods get addresses from the documentation range 192.0.2.0/24: they appear in Endpoints objects,
-and nothing ever sends traffic to them.
+Each pod gets an address of the pod network (tests/k8s/pod_network.py), where the pod server
+answers for it by the same rule: the API server's pod and Service proxies reach it there, so a
+canary's ``/metrics`` and the predictions sent through the Service are real HTTP.
 """
 
 from __future__ import annotations
@@ -27,18 +30,22 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node, Pod
 from lightkube.types import PatchType
 
+from tests.k8s.pod_network import PodNetwork
+
 NODE = "driftloop-test-node"
 START_DELAY_S = 0.5
 RESTART_EVERY_S = 1.0
 
 
 def image_health(image: str) -> str:
-    """``ready``, ``unready`` or ``crashing``: the rule above, from an image reference."""
+    """``ready``, ``unready``, ``crashing`` or ``erroring``: the rule above, from an image."""
     tag = image.rpartition(":")[2] if ":" in image.rpartition("/")[2] else "latest"
     if tag.startswith("broken"):
         return "unready"
     if tag.startswith("crash"):
         return "crashing"
+    if tag.startswith("errors"):
+        return "erroring"
     return "ready"
 
 
@@ -49,8 +56,9 @@ def _now() -> str:
 class NodeAgent:
     """Runs in a thread of the test process until :meth:`stop`."""
 
-    def __init__(self, client: Client, poll_s: float = 0.2) -> None:
+    def __init__(self, client: Client, network: PodNetwork, poll_s: float = 0.2) -> None:
         self.client = client
+        self.network = network
         self.poll_s = poll_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="node-agent", daemon=True)
@@ -124,7 +132,11 @@ class NodeAgent:
         assert pod.spec is not None
         bound_at = self._bound_at.setdefault(key, time.monotonic())
         age = time.monotonic() - bound_at
-        address = self._addresses.setdefault(key, f"192.0.2.{10 + len(self._addresses) % 100}")
+        address = self._addresses.get(key)
+        if address is None:
+            address = self._addresses[key] = self.network.address()
+            image = pod.spec.containers[0].image or ""
+            self.network.announce(address, image_health(image), image)
         statuses = [self._container_status(c.name, c.image or "", age) for c in pod.spec.containers]
         ready = all(s["ready"] for s in statuses) and age >= START_DELAY_S
         wanted: dict[str, Any] = {
@@ -167,7 +179,7 @@ class NodeAgent:
             "image": image,
             "imageID": f"test://{image}",
             "restartCount": 0,
-            "ready": health == "ready" and age >= START_DELAY_S,
+            "ready": health in ("ready", "erroring") and age >= START_DELAY_S,
             "started": health != "crashing",
             "state": {"running": {"startedAt": _now()}},
         }

@@ -3,10 +3,19 @@ the registry in a real PostgreSQL.
 
 What is not real: no kubelet runs containers. tests/k8s/node_agent.py binds the pods and reports
 their health by a rule on the image's tag: ``broken...`` runs but never becomes ready, ``crash...``
-restarts every second, anything else is ready half a second after it is bound. So "a good Bento"
-is an image tagged ``good-...`` and "a broken one" an image tagged ``broken-...``/``crash-...``:
-what the rollout sees is the same pod status a kubelet reports for such images. The Deployment,
-ReplicaSet, Endpoints and garbage-collection controllers are Kubernetes' own.
+restarts every second, ``errors...`` is ready and never restarts but answers every other
+prediction with a 500, anything else is ready half a second after it is bound. So "a good Bento"
+is an image tagged ``good-...`` and "a broken one" an image tagged ``broken-...``/``crash-...``/
+``errors-...``: what the rollout sees is the same pod status a kubelet reports for such images.
+What answers on a pod's address is not the Bento either but a stand-in (tests/k8s/pod_server.py)
+that follows the same rule and counts its answers in ``/metrics`` as driftloop's service does.
+
+What is real: the API server, etcd and the Deployment, ReplicaSet, Endpoints and garbage-collection
+controllers (Kubernetes' own); the HTTP between them and the pods. The predictions of the traffic
+tests go through the API server's Service proxy, which sends each to one of the Service's ready
+endpoints as the Endpoints controller lists them (the canary's pod among them once it is ready),
+and the rollout reads each canary pod's ``/metrics`` through the API server's pod proxy, over a
+network namespace of the tests' own (tests/k8s/pod_network.py).
 """
 
 from __future__ import annotations
@@ -18,14 +27,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from lightkube import ApiError
+from lightkube import ApiError, Client, KubeConfig
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Endpoints, Pod
 
-from tests.k8s.conftest import STABLE, STABLE_BENTO, STABLE_IMAGE, KubeTest
+from tests.k8s.conftest import STABLE, STABLE_BENTO, STABLE_IMAGE, KubeTest, wait_for
 from training import registry, runs
 from training.cli import main
 from training.release.deploy import rollout_bento
+from training.release.rollout import _api
 from training.settings import get_settings
 from training.store import connect
 
@@ -114,6 +124,46 @@ def watching(kube: KubeTest) -> Iterator[Watch]:
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+@dataclass
+class Traffic:
+    """Predictions sent to the Service through the API server's Service proxy: every answer's
+    status and ``model_version`` (the image tag of the pod that answered)."""
+
+    answers: list[tuple[int, str]] = field(default_factory=list)
+
+    def statuses(self) -> set[int]:
+        return {status for status, _ in self.answers}
+
+
+@contextmanager
+def traffic(kube: KubeTest) -> Iterator[Traffic]:
+    """About 40 predictions a second to the Service, spread by the API server over its ready
+    endpoints, until the block ends."""
+    seen = Traffic()
+    stop = threading.Event()
+    # A client of its own: this thread and the test's never share a connection pool.
+    http = _api(Client(KubeConfig.from_file(kube.kube.cluster.kubeconfig)))
+    path = f"/api/v1/namespaces/{kube.namespace}/services/{STABLE}:80/proxy/predict"
+
+    def send() -> None:
+        while not stop.is_set():
+            response = http.post(path, json={"tenure": 3}, timeout=10)
+            version = (
+                response.json().get("model_version", "") if response.status_code == 200 else ""
+            )
+            seen.answers.append((response.status_code, version))
+            stop.wait(0.025)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+        http.close()
 
 
 def _pod_images(kube: KubeTest) -> list[str]:
@@ -299,3 +349,59 @@ def test_the_dags_rollout_step_gives_the_champion_back_when_the_rollout_fails(
         "run run-1",
     )
     assert "the rollout of churn:b failed" in last.reason
+
+
+def test_a_ready_canary_answering_server_errors_is_rolled_back_on_its_error_rate(
+    kube: KubeTest,
+    store_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ready and never restarting, so only its error rate (read from its /metrics through the API
+    server) gives it away, under predictions sent through the Service."""
+    monkeypatch.setenv("DRIFTLOOP_ROLLOUT_BAKE_S", "30")
+    image = "registry.test/churn_service:errors-b"
+    _versions(store_url, image)
+
+    with watching(kube) as seen, traffic(kube) as sent:
+        assert main(["rollout", NEW_BENTO]) == 1
+        rolled_back = len(sent.answers)
+        wait_for(lambda: len(sent.answers) > rolled_back + 40, "predictions after the rollback")
+
+    out = capsys.readouterr().out
+    assert "rolled back" in out
+    assert "error rate" in out
+    assert _image(kube) == STABLE_IMAGE
+    assert _canary(kube) is None
+    assert _pod_images(kube) == [STABLE_IMAGE] * 3
+    assert seen.least_stable_ready == 3
+    assert seen.canary_endpoints == 1  # it was ready and behind the Service
+    # The canary answered through the Service (its 500s among them), the stable never failed, and
+    # once it was gone every answer was the stable's.
+    assert 500 in sent.statuses()
+    assert "errors-b" in {v for _, v in sent.answers}
+    assert set(sent.answers[rolled_back:]) == {(200, "good-a")}
+    records = _records(store_url, kube.namespace)
+    assert [status for status, _, _ in records] == ["canary-started", "canary-ready", "rolled-back"]
+    reason = records[-1][2]["reason"]
+    assert "canary error rate" in reason
+    assert "above the allowed 5.0%" in reason
+
+
+def test_a_healthy_canary_under_traffic_is_promoted_with_its_error_rate_recorded(
+    kube: KubeTest, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRIFTLOOP_ROLLOUT_BAKE_S", "4")
+    new = "registry.test/churn_service:good-b"
+    _versions(store_url, new)
+
+    with traffic(kube) as sent:
+        assert main(["rollout", NEW_BENTO]) == 0
+
+    assert _image(kube) == new
+    assert sent.statuses() == {200}
+    assert "good-b" in {v for _, v in sent.answers}  # the canary answered some
+    baked = next(d for status, _, d in _records(store_url, kube.namespace) if status == "baked")
+    assert baked["requests"] >= 6
+    assert baked["server_errors"] == 0
+    assert baked["error_rate"] == 0.0

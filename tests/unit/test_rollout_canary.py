@@ -90,3 +90,53 @@ def test_the_canary_runs_the_new_image_in_the_named_container_and_keeps_the_serv
 def test_a_missing_container_is_named_with_the_ones_there_are() -> None:
     with pytest.raises(DriftloopError, match=r"no container 'web' \(it has sidecar, bento\)"):
         _container(_stable(1), "web")
+
+
+def test_the_error_rate_counts_server_errors_over_the_bake_only() -> None:
+    from training.release.rollout import Errors
+
+    before = {"pod-a": (100, 1), "pod-b": (50, 0)}
+    now = {
+        "pod-a": (140, 3),  # 40 more requests, 2 of them server errors
+        "pod-b": (10, 5),  # restarted: its counts started over
+        "pod-c": (5, 0),  # new since the bake began
+    }
+    errors = Errors.since(before, now)
+    assert (errors.requests, errors.errors) == (55, 7)
+    assert errors.as_dict() == {"requests": 55, "server_errors": 7, "error_rate": 0.1273}
+    assert Errors.since({}, {}).as_dict()["error_rate"] is None
+
+
+@pytest.mark.parametrize(
+    ("status", "server_error"),
+    [
+        ("200", False),
+        ("400", False),
+        ("429", False),
+        ("499", False),
+        ("500", True),
+        ("503", True),
+        ("OK", False),
+        ("INVALID_ARGUMENT", False),
+        ("INTERNAL", True),
+        ("UNAVAILABLE", True),
+    ],
+)
+def test_server_errors_are_5xx_and_the_grpc_codes_a_healthy_server_never_answers(
+    status: str, server_error: bool
+) -> None:
+    from training.release.rollout import _server_error
+
+    assert _server_error(status) is server_error
+
+
+def test_too_few_requests_are_not_judged_and_the_threshold_is_a_share() -> None:
+    from training.release.rollout import Errors, _Failure, _judge_errors
+
+    policy = Policy(max_error_rate=0.05, min_requests=20)
+    _judge_errors(Errors(19, 19), policy)  # too few to judge
+    _judge_errors(Errors(100, 5), policy)  # 5% is allowed
+    with pytest.raises(
+        _Failure, match=r"canary error rate 6\.0% over the bake is above the allowed 5\.0%"
+    ):
+        _judge_errors(Errors(100, 6), policy)

@@ -18,14 +18,28 @@ __all__ = ["add_parsers", "champion_bento"]
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from training import runs
+    from training.models import select_spec
     from training.store import connect
 
     url = store(settings)
     model_tag, bento_tag, version = champion_bento(settings, url, args.model)
     # The workers' prediction spools are folders of the data dir (unless DRIFTLOOP_SPOOL_DIR).
     private_home(settings.home)
-    command = ["bentoml", "serve", bento_tag, "--port", str(args.port), "--host", args.host]
     env = dict(os.environ, DRIFTLOOP_HOME=str(settings.home), DRIFTLOOP_DATABASE_URL=url)
+    if args.follow:
+        from training.serve_follow import Follower, serve_following
+
+        follower = Follower(
+            settings,
+            url,
+            select_spec(settings, args.model).name,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            env=env,
+        )
+        return serve_following(follower)
+    command = ["bentoml", "serve", bento_tag, "--port", str(args.port), "--host", args.host]
     if args.workers is not None:
         # BentoML reads per-service worker counts from its configuration; the option adds to (and
         # wins over) whatever BENTOML_CONFIG_OPTIONS already says.
@@ -152,13 +166,26 @@ def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    serve = sub.add_parser("serve", help="bentoml serve the champion's Bento")
+    serve = sub.add_parser(
+        "serve",
+        help="bentoml serve the champion's Bento, and switch to each new champion",
+        description="Serve the champion's Bento with `bentoml serve`. The registry is read every "
+        "DRIFTLOOP_SERVE_FOLLOW_POLL_S seconds: a new champion's Bento is started beside the running "
+        "one on the same socket and takes over once its /readyz answers, with no failed request "
+        "(docs/serving.md). --no-follow serves the champion of the moment until stopped.",
+    )
     serve.add_argument("--port", type=int, default=3000)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument(
         "--workers",
         type=positive_int,
         help="server worker processes (default: the Bento's own, 1); each has its own spool",
+    )
+    serve.add_argument(
+        "--no-follow",
+        dest="follow",
+        action="store_false",
+        help="serve today's champion only (exec `bentoml serve`, no follower process)",
     )
     add_model_argument(serve)
     serve.set_defaults(func=cmd_serve)

@@ -5,8 +5,10 @@ starts ``<stable>-canary``: the stable's pod template with the new image, the la
 ``driftloop.io/track: canary`` added, and a share of the stable's replicas. Its pods carry every
 label of the stable's pods, so the Service that selects those serves them too. The canary must
 become ready within the progress deadline, then stay ready with no more than the allowed restarts
-for the bake time. Then the stable takes the image and the canary goes (promoted), or the canary
-goes and the stable is never touched (rolled back).
+for the bake time, answering no more than the allowed share of its requests with server errors
+(read from each canary pod's ``/metrics`` through the API server's pod proxy, as the counts
+``driftloop_requests_total`` grew over the bake). Then the stable takes the image and the canary
+goes (promoted), or the canary goes and the stable is never touched (rolled back).
 
 The cluster holds the state: a rollout that was interrupted finds its canary and goes on from
 there; a canary of another image, left behind, is removed first. Every step is handed to
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lightkube import ApiError, Client
@@ -92,15 +94,25 @@ class Policy:
     bake_s: float = 300.0
     max_restarts: int = 0
     poll_s: float = 2.0
+    # The share of the canary's requests over the bake that may be server errors; 1: not checked.
+    max_error_rate: float = 0.05
+    # Fewer requests than this over the bake are too few to judge the share by.
+    min_requests: int = 20
+    # An admin API key, for a canary served with DRIFTLOOP_AUTH=on (its /metrics needs one).
+    metrics_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
+        key = settings.rollout_metrics_key
         return cls(
             canary_share=settings.rollout_canary_share,
             progress_deadline_s=settings.rollout_progress_deadline_s,
             bake_s=settings.rollout_bake_s,
             max_restarts=settings.rollout_max_restarts,
             poll_s=settings.rollout_poll_s,
+            max_error_rate=settings.rollout_max_error_rate,
+            min_requests=settings.rollout_min_requests,
+            metrics_key=key.get_secret_value() if key is not None else None,
         )
 
 
@@ -299,10 +311,19 @@ def _wait_canary(client: Client, target: Target, policy: Policy, progress: Progr
         time.sleep(policy.poll_s)
 
 
-def _bake(client: Client, target: Target, policy: Policy, progress: Progress) -> Health:
-    """Watch the ready canary for the bake time; raise at the first sign of trouble."""
+def _bake(
+    client: Client, target: Target, policy: Policy, progress: Progress
+) -> tuple[Health, Errors | None]:
+    """Watch the ready canary for the bake time; raise at the first sign of trouble. Returns its
+    health and the requests it answered while baking (None: the error rate is not checked)."""
     end = time.monotonic() + policy.bake_s
     health = Health(0, 0, 0, None)
+    judged = policy.max_error_rate < 1
+    canary = _get(client, target.canary, target.namespace)
+    baseline = (
+        _canary_requests(client, canary, target, policy, strict=False) if judged and canary else {}
+    )
+    errors: Errors | None = None
     while True:
         canary = _get(client, target.canary, target.namespace)
         if canary is None:
@@ -311,9 +332,133 @@ def _bake(client: Client, target: Target, policy: Policy, progress: Progress) ->
         _judge(health, policy)
         if health.ready < health.wanted:
             raise _Failure(f"canary pods stopped being ready while baking ({health})")
-        if time.monotonic() >= end:
-            return health
+        done = time.monotonic() >= end
+        if judged:
+            # Every poll may end the bake early; the last one must read every pod.
+            now = _canary_requests(client, canary, target, policy, strict=done)
+            errors = Errors.since(baseline, now)
+            _judge_errors(errors, policy)
+        if done:
+            return health, errors
         time.sleep(min(policy.poll_s, max(0.0, end - time.monotonic())))
+
+
+# Server errors: what a healthy server never answers, whoever sent the request. 4xx (the client's
+# mistakes, refusals) and 499 (the client left) are not the canary's fault.
+GRPC_SERVER_ERRORS = {"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DATA_LOSS", "UNIMPLEMENTED"}
+
+
+def _server_error(status: str) -> bool:
+    return (status.isdigit() and int(status) >= 500) or status in GRPC_SERVER_ERRORS
+
+
+@dataclass(frozen=True)
+class Errors:
+    """The requests a canary answered over the bake, and how many of them were server errors."""
+
+    requests: int
+    errors: int
+
+    @property
+    def rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @classmethod
+    def since(cls, before: dict[str, tuple[int, int]], now: dict[str, tuple[int, int]]) -> Errors:
+        """The growth of each pod's counts (a pod that appeared since counts from its start)."""
+        requests = errors = 0
+        for pod, (total, failed) in now.items():
+            was_total, was_failed = before.get(pod, (0, 0))
+            if total < was_total:  # the pod's server restarted: its counts started over
+                was_total = was_failed = 0
+            requests += total - was_total
+            errors += failed - was_failed
+        return cls(requests, errors)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "server_errors": self.errors,
+            "error_rate": round(self.rate, 4) if self.requests else None,
+        }
+
+    def __str__(self) -> str:
+        return f"{self.errors} server errors in {self.requests} requests ({self.rate:.1%})"
+
+
+def _judge_errors(errors: Errors, policy: Policy) -> None:
+    if errors.requests >= policy.min_requests and errors.rate > policy.max_error_rate:
+        raise _Failure(
+            f"canary error rate {errors.rate:.1%} over the bake is above the allowed "
+            f"{policy.max_error_rate:.1%} ({errors})"
+        )
+
+
+def _http_port(deployment: Deployment, target: Target) -> int:
+    """The canary container's HTTP port: the one named ``http``, else its first, else 3000."""
+    ports = _container(deployment, target.container).ports or []
+    for port in ports:
+        if port.name == "http":
+            return port.containerPort
+    return ports[0].containerPort if ports else 3000
+
+
+def _api(client: Client) -> Any:
+    """The HTTP client (httpx's API) lightkube talks to the API server with: its address, TLS
+    settings and credentials, for the paths lightkube has no method for (the pod proxy)."""
+    http = getattr(getattr(client, "_client", None), "_client", None)
+    if not callable(getattr(http, "get", None)):
+        raise DriftloopError("this lightkube version keeps no HTTP client where expected")
+    return http
+
+
+def _canary_requests(
+    client: Client, canary: Deployment, target: Target, policy: Policy, *, strict: bool
+) -> dict[str, tuple[int, int]]:
+    """Each ready canary pod's (requests, server errors) so far, by pod uid, from its ``/metrics``
+    read through the API server's pod proxy. ``strict``: a pod whose metrics cannot be read fails
+    the canary; otherwise it is left out (the next poll reads it again)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert canary.spec is not None
+    port = _http_port(canary, target)
+    headers = {"X-API-Key": policy.metrics_key} if policy.metrics_key else {}
+    counts: dict[str, tuple[int, int]] = {}
+    labels: dict[str, Any] = dict(canary.spec.selector.matchLabels or {})
+    for pod in client.list(Pod, namespace=target.namespace, labels=labels):
+        assert pod.metadata is not None
+        if pod.metadata.deletionTimestamp is not None:
+            continue
+        name = pod.metadata.name
+        path = f"/api/v1/namespaces/{target.namespace}/pods/{name}:{port}/proxy/metrics"
+        try:
+            response = _api(client).get(path, headers=headers, timeout=10)
+        except Exception as exc:  # lightkube's HTTP client's errors (it has its own httpx)
+            problem = f"{type(exc).__name__}: {exc}"
+        else:
+            if response.status_code == 200:
+                total = failed = 0
+                for family in text_string_to_metric_families(response.text):
+                    if family.name != "driftloop_requests":
+                        continue
+                    for sample in family.samples:
+                        if sample.name.endswith("_total"):
+                            total += int(sample.value)
+                            if _server_error(str(sample.labels.get("status", ""))):
+                                failed += int(sample.value)
+                counts[pod.metadata.uid or name or ""] = (total, failed)
+                continue
+            problem = f"HTTP {response.status_code}: {response.text[:200].strip()}"
+            if response.status_code in (401, 403):
+                problem += (
+                    " (with DRIFTLOOP_AUTH=on, set DRIFTLOOP_ROLLOUT_METRICS_KEY to an admin key)"
+                )
+        if strict:
+            raise _Failure(
+                f"cannot read the canary's error rate from pod {name}'s /metrics: {problem}; "
+                "DRIFTLOOP_ROLLOUT_MAX_ERROR_RATE=1 turns the check off"
+            )
+    return counts
 
 
 class _Failure(Exception):
@@ -430,9 +575,21 @@ def rollout(
         health = _wait_canary(client, target, policy, progress)
         progress(f"canary ready ({health}); baking for {policy.bake_s:.0f}s")
         record("canary-ready", {**base, "health": str(health)})
-        health = _bake(client, target, policy, progress)
-        progress(f"canary baked ({health})")
-        record("baked", {**base, "health": str(health), "bake_s": policy.bake_s})
+        health, errors = _bake(client, target, policy, progress)
+        traffic = ""
+        if errors is not None:
+            judged = "" if errors.requests >= policy.min_requests else ", too few to judge"
+            traffic = f"; {errors}{judged}"
+        progress(f"canary baked ({health}{traffic})")
+        record(
+            "baked",
+            {
+                **base,
+                "health": str(health),
+                "bake_s": policy.bake_s,
+                **(errors.as_dict() if errors is not None else {}),
+            },
+        )
     except _Failure as failure:
         progress(f"canary failed: {failure}; rolling back")
         _remove_canary(client, target, policy)
