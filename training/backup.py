@@ -290,7 +290,8 @@ def backup(
     backup_id = f"{created:%Y%m%dT%H%M%SZ}"
     root = backup_root(settings, to)
     store = open_root(root, settings)
-    if store.exists(store.uri(f"{backup_id}/{MANIFEST}")):
+    if store.list_keys(backup_id):
+        # Another backup started in the same second: its files are not this one's to replace.
         raise DriftloopError(f"a backup {backup_id} already exists under {root}; try again")
     url = ensure_database(settings)
     client = pg_tools.find_client(pg_tools.server_major(url))
