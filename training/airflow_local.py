@@ -217,24 +217,42 @@ class DagTestResult:
     tries: dict[str, int] = field(default_factory=dict)
 
 
-def dag_test(setup: AirflowSetup, conf: dict[str, object], model: str = "churn") -> DagTestResult:
+def dag_test(
+    setup: AirflowSetup,
+    conf: dict[str, object],
+    model: str = "churn",
+    timeout: float | None = None,
+) -> DagTestResult:
     """Run ``model``'s retrain DAG once with ``dag.test()`` in a fresh interpreter.
 
     Airflow reads its configuration when first imported, so the caller (a test, say) keeps its own
     process free of Airflow and hands this run the project's environment instead.
 
+    Args:
+        timeout: seconds before the run is stopped (``dag.test()`` waits for an approval as long as
+            nobody answers).
+
     Raises:
-        DriftloopError: the interpreter failed before the run could report (the log's tail says why).
+        DriftloopError: the interpreter failed, or ran out of ``timeout``, before the run could
+            report (the log's tail says why).
     """
     dag_file = PROJECT_ROOT / "dags" / "retrain.py"
-    result = subprocess.run(
-        [sys.executable, "-c", _DAG_TEST, str(dag_file), json.dumps(conf), dag_id(model)],
-        env=setup.env,
-        capture_output=True,
-        text=True,
-        check=False,
-        umask=AIRFLOW_UMASK,
-    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _DAG_TEST, str(dag_file), json.dumps(conf), dag_id(model)],
+            env=setup.env,
+            capture_output=True,
+            text=True,
+            check=False,
+            umask=AIRFLOW_UMASK,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        tail = _text(exc.stdout) + _text(exc.stderr)
+        raise DriftloopError(
+            f"dag.test() did not finish within {timeout:g} s: "
+            + " | ".join(tail.strip().splitlines()[-5:])
+        ) from None
     log = result.stdout + result.stderr
     for line in result.stdout.splitlines():
         if line.startswith("DAG_TEST_RESULT="):
@@ -243,6 +261,13 @@ def dag_test(setup: AirflowSetup, conf: dict[str, object], model: str = "churn")
                 found["state"], found["run_id"], found["tasks"], log, found.get("tries", {})
             )
     raise DriftloopError(f"dag.test() did not finish: {' | '.join(log.strip().splitlines()[-5:])}")
+
+
+def _text(output: str | bytes | None) -> str:
+    # What a timed-out run had printed (bytes, despite text=True, on some Python versions).
+    if isinstance(output, bytes):
+        return output.decode(errors="replace")
+    return output or ""
 
 
 def _final_state(log: Path) -> str:
