@@ -141,6 +141,8 @@ def _airflow(setup: AirflowSetup, *args: str) -> subprocess.CompletedProcess[str
 
 
 _TASK_EVENT = re.compile(r"\[DAG TEST\] (starting|end task) task_id=(\S+)")
+# dag.test() logs this every second while a human-in-the-loop task waits for its answer.
+_AWAITING = re.compile(r"Waiting for Human-in-the-loop input for tasks: \['([^']+)'")
 
 
 def migrate(setup: AirflowSetup) -> None:
@@ -166,7 +168,8 @@ def dags_test(
     processes against the metadata DB); the full log goes to ``log``.
 
     Args:
-        on_task: called with (task id, "started" | "ended") as the run goes, for progress output.
+        on_task: called with (task id, "started" | "ended" | "awaiting input") as the run goes,
+            for progress output; "awaiting input" once per task that waits for a person.
 
     Raises:
         DriftloopError: the run failed (see the log).
@@ -185,11 +188,16 @@ def dags_test(
         ) as process,
     ):
         assert process.stdout is not None
+        waiting: set[str] = set()
         for line in process.stdout:
             out.write(line)
             event = _TASK_EVENT.search(line)
             if event and on_task is not None:
                 on_task(event.group(2), "started" if event.group(1) == "starting" else "ended")
+            awaiting = _AWAITING.search(line)
+            if awaiting and on_task is not None and awaiting.group(1) not in waiting:
+                waiting.add(awaiting.group(1))
+                on_task(awaiting.group(1), "awaiting input")
     failed = "failed" in _final_state(log)
     if process.returncode != 0 or failed:
         raise DriftloopError(f"the {dag} run failed; its log is {log}")
