@@ -88,36 +88,19 @@ def _record_failure(model: str) -> Any:
     """
 
     def callback(context: Any) -> None:
-        from training.runs import record_failure
-
-        ti = context["ti"]
-        error = context.get("exception")
-        record_failure(
-            _settings(),
-            model,
-            str(context["run_id"]),
-            ti.task_id,
-            f"{type(error).__name__}: {error}" if error is not None else "unknown error",
-        )
-
-    return callback
-
-
-def _record_unanswered(model: str, hours: float) -> Any:
-    """The approval task's failure callback: nobody answered in time (Airflow's scheduler failed the
-    waiting task with ``HITLTimeoutError``), said plainly in the run's reason."""
-
-    def callback(context: Any) -> None:
         from airflow.providers.standard.exceptions import HITLTimeoutError
 
         from training.runs import record_failure
 
+        ti = context["ti"]
         error = context.get("exception")
         if isinstance(error, HITLTimeoutError):
+            # The scheduler failed the approval task: its wait ran out without an answer.
+            hours = context["task"].response_timeout.total_seconds() / 3600
             reason = f"nobody answered within {hours:g} h (approval timed out)"
         else:
             reason = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
-        record_failure(_settings(), model, str(context["run_id"]), "approve_promotion", reason)
+        record_failure(_settings(), model, str(context["run_id"]), ti.task_id, reason)
 
     return callback
 
@@ -144,7 +127,6 @@ def _retrain_dag(dag_id: str, spec: ModelSpec) -> Any:
     from training.approval import OPTIONS, run_timeout
 
     model = spec.name
-    approval_hours = spec.promotion.approval_timeout_hours
 
     @dag(
         dag_id=dag_id,
@@ -266,9 +248,8 @@ def _retrain_dag(dag_id: str, spec: ModelSpec) -> Any:
                     None, type=["null", "string"], description="why (recorded with your answer)"
                 )
             },
-            response_timeout=timedelta(hours=approval_hours),
+            response_timeout=timedelta(hours=spec.promotion.approval_timeout_hours),
             retries=0,
-            on_failure_callback=_record_unanswered(model, approval_hours),
         )
 
         # Runs after the approval, or straight after `needs_approval` when none is asked for.
