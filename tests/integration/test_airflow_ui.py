@@ -360,7 +360,9 @@ def _as_a_person(base_url: str, password: str, launcher: Launcher) -> None:
             browser.close()
 
         assert run["state"] == "success", run
-        assert run["conf"] == {"force": True, "window_days": 3}, run["conf"]
+        # The form sends every param: require_approval left unset (the spec decides).
+        conf = run["conf"]
+        assert conf == {"force": True, "window_days": 3, "require_approval": None}, conf
         assert run["run_type"] == "manual"
 
         _a_drift_report_opens_cleanly(playwright, shots)

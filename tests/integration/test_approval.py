@@ -3,7 +3,9 @@
 ``dag.test()`` parks the ``approve_promotion`` task in Airflow's ``awaiting_input`` state and waits
 for an answer from outside. A second process answers it as the REST API does
 (``PATCH /api/v2/dags/{dag}/dagRuns/{run}/taskInstances/approve_promotion/-1/hitlDetails``): it
-calls that endpoint's own function with a user, on the same metadata database.
+calls that endpoint's own function with a user, on the same metadata database. Or it lets the wait
+run out and does what the scheduler does then (``dag.test()`` has no scheduler): runs the
+scheduler's own sweep of timed-out ``awaiting_input`` tasks.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DAG_ID = "driftloop_retrain__churn"
 
 _ANSWER = """
-import json, sys, time
+import json, logging, sys, time, types
+from datetime import UTC, datetime
 from sqlalchemy import select
 from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
 from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
 from airflow.api_fastapi.core_api.routes.public.hitl import update_hitl_detail
+from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
 from airflow.models.hitl import HITLDetail
 from airflow.models.taskinstance import TaskInstance
 from airflow.utils.session import create_session
@@ -52,7 +56,13 @@ while asked is None and time.monotonic() < deadline:
                 TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
             )
         )
-        if ti is not None:
+        if ti is not None and answer == "nobody":
+            if ti.trigger_timeout is not None and ti.trigger_timeout < datetime.now(UTC):
+                # Of the scheduler, the sweep uses only its logger.
+                scheduler = types.SimpleNamespace(log=logging.getLogger("sweep"))
+                SchedulerJobRunner.check_awaiting_input_timeouts(scheduler, session=session)
+                asked = {"run_id": ti.run_id, "timeout": ti.trigger_timeout.isoformat()}
+        elif ti is not None:
             detail = session.scalar(select(HITLDetail).where(HITLDetail.ti_id == ti.id))
             asked = {"subject": detail.subject, "body": detail.body, "options": detail.options}
             update_hitl_detail(
@@ -95,7 +105,6 @@ def _run_and_answer(
         out, err = person.communicate(timeout=60)
     assert person.returncode == 0, err[-3000:]
     asked = json.loads(next(line for line in out.splitlines() if line.startswith("ANSWERED="))[9:])
-    assert result.state == "success", result.log[-4000:]
     assert asked["run_id"] == result.run_id
     return result, asked
 
@@ -114,6 +123,7 @@ def test_an_approved_challenger_is_promoted_with_who_approved_it(
     monkeypatch.setenv("DRIFTLOOP_MODEL_SPEC", str(spec))
 
     result, asked = _run_and_answer({"window_days": 7}, "Approve", "looks right")
+    assert result.state == "success", result.log[-4000:]
 
     assert result.tasks["needs_approval"] == "success"
     assert result.tasks["approve_promotion"] == "success"
@@ -152,6 +162,7 @@ def test_a_rejected_challenger_is_recorded_and_the_champion_stays(
     result, _ = _run_and_answer(
         {"window_days": 7, "require_approval": True}, "Reject", "not before the audit"
     )
+    assert result.state == "success", result.log[-4000:]
 
     assert result.tasks["approve_promotion"] == "success"
     assert result.tasks["promote"] == "skipped"
@@ -171,3 +182,41 @@ def test_a_rejected_challenger_is_recorded_and_the_champion_stays(
         "rejected by reviewer: not before the audit",
         True,
     )
+
+
+def test_nobody_answering_in_time_fails_the_run_and_rejects_the_challenger(
+    airflow: Path,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wait runs out (18 s here) with no answer: the scheduler's sweep fails the task, which is
+    not retried; its failure callback closes the run ``failed`` with the reason and rejects the
+    challenger; the champion stays."""
+    first = _seed(Scenario(kind="mixed"))
+    builtin = Path(__file__).parents[2] / "training" / "specs" / "churn.yaml"
+    spec = tmp_path / "hasty.yaml"
+    spec.write_text(
+        builtin.read_text()
+        .replace("approval: false", "approval: true")
+        .replace("approval_timeout_hours: 12", "approval_timeout_hours: 0.005")
+    )
+    monkeypatch.setenv("DRIFTLOOP_MODEL_SPEC", str(spec))
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN_RETRIES", "1")
+
+    result, _ = _run_and_answer({"window_days": 7}, "nobody", "")
+
+    assert result.state == "failed", result.log[-4000:]
+    assert result.tasks["approve_promotion"] == "failed"
+    assert result.tries["approve_promotion"] == 1
+    assert result.tasks["promote"] == "upstream_failed"
+    [(status, reason, finished)] = _query(
+        "SELECT status, reason, finished_at IS NOT NULL FROM training_runs WHERE run_key = %s",
+        result.run_id,
+    )
+    assert (status, finished) == ("failed", True)
+    assert reason == "approve_promotion failed: nobody answered within 0.005 h (approval timed out)"
+    [(challenger,)] = _query("SELECT tag FROM model_versions WHERE version = 2")
+    assert _query("SELECT tag, status FROM model_versions ORDER BY version") == [
+        (first["champion_tag"], "champion"),
+        (challenger, "rejected"),
+    ]
