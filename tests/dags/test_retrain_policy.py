@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.specs import approval_spec
+
 DAG_FILE = Path(__file__).parents[2] / "dags" / "retrain.py"
 
 _PARSE = """
@@ -93,13 +95,6 @@ def test_approval_waits_once_for_its_timeout_and_a_spec_that_asks_for_it_lengthe
     }
     assert defaults["timeout"] == 6 * 3600.0
 
-    builtin = Path(__file__).parents[2] / "training" / "specs" / "churn.yaml"
-    spec = tmp_path / "approval.yaml"
-    spec.write_text(
-        builtin.read_text()
-        .replace("approval: false", "approval: true")
-        .replace("approval_timeout_hours: 12", "approval_timeout_hours: 2")
-    )
-    asking = _parse(tmp_path, DRIFTLOOP_MODEL_SPEC=str(spec))
+    asking = _parse(tmp_path, DRIFTLOOP_MODEL_SPEC=str(approval_spec(tmp_path, timeout_hours=2)))
     assert asking["approval"]["response_timeout"] == 2 * 3600.0  # type: ignore[index]
     assert asking["timeout"] == (6 + 2) * 3600.0

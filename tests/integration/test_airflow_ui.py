@@ -405,12 +405,10 @@ def approval_on(env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> s
     and a champion whose traffic drifted, so the DAG's first scheduled run retrains and then asks
     a person. Returns the champion's tag."""
     from tests.integration.test_retrain_dag import _seed
+    from tests.specs import approval_spec
     from training.synthetic import Scenario
 
-    builtin = PROJECT_ROOT / "training" / "specs" / "churn.yaml"
-    spec = tmp_path / "approval.yaml"
-    spec.write_text(builtin.read_text().replace("approval: false", "approval: true"))
-    monkeypatch.setenv("DRIFTLOOP_MODEL_SPEC", str(spec))
+    monkeypatch.setenv("DRIFTLOOP_MODEL_SPEC", str(approval_spec(tmp_path)))
     return str(_seed(Scenario(kind="mixed"))["champion_tag"])
 
 

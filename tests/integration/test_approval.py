@@ -22,6 +22,7 @@ from tests.integration.test_retrain_dag import (  # noqa: F401 - `airflow` is a 
     _seed,
     airflow,
 )
+from tests.specs import approval_spec
 from training.airflow_local import DagTestResult, airflow_env, dag_test
 from training.settings import get_settings
 from training.synthetic import Scenario
@@ -117,10 +118,7 @@ def test_an_approved_challenger_is_promoted_with_who_approved_it(
     """Approval switched on in the spec; the person sees what they approve, and the promotion
     record names them and their comment."""
     first = _seed(Scenario(kind="mixed"))
-    builtin = Path(__file__).parents[2] / "training" / "specs" / "churn.yaml"
-    spec = tmp_path / "approval.yaml"
-    spec.write_text(builtin.read_text().replace("approval: false", "approval: true"))
-    monkeypatch.setenv("DRIFTLOOP_MODEL_SPEC", str(spec))
+    monkeypatch.setenv("DRIFTLOOP_MODEL_SPEC", str(approval_spec(tmp_path)))
 
     result, asked = _run_and_answer({"window_days": 7}, "Approve", "looks right")
     assert result.state == "success", result.log[-4000:]
@@ -193,14 +191,7 @@ def test_nobody_answering_in_time_fails_the_run_and_rejects_the_challenger(
     not retried; its failure callback closes the run ``failed`` with the reason and rejects the
     challenger; the champion stays."""
     first = _seed(Scenario(kind="mixed"))
-    builtin = Path(__file__).parents[2] / "training" / "specs" / "churn.yaml"
-    spec = tmp_path / "hasty.yaml"
-    spec.write_text(
-        builtin.read_text()
-        .replace("approval: false", "approval: true")
-        .replace("approval_timeout_hours: 12", "approval_timeout_hours: 0.005")
-    )
-    monkeypatch.setenv("DRIFTLOOP_MODEL_SPEC", str(spec))
+    monkeypatch.setenv("DRIFTLOOP_MODEL_SPEC", str(approval_spec(tmp_path, timeout_hours=0.005)))
     monkeypatch.setenv("DRIFTLOOP_RETRAIN_RETRIES", "1")
 
     result, _ = _run_and_answer({"window_days": 7}, "nobody", "")
