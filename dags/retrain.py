@@ -11,7 +11,10 @@ folder). Every day (or when triggered with params), for its model:
    sample of the champion's training rows); **validate** it against the champion on the newest
    part the champion never trained on (same holdout for both); a failed gate marks it *rejected*;
 4. **build_bento** of a challenger that passed, **containerize** it (an OCI image, when
-   `DRIFTLOOP_CONTAINERIZE` is on; skipped otherwise), then **promote** it to champion;
+   `DRIFTLOOP_CONTAINERIZE` is on; skipped otherwise), then **promote** it to champion; with
+   approval on (the spec's `promotion.approval`, or the `require_approval` param for one run),
+   **approve_promotion** first waits for a person to approve or reject it in Required Actions
+   (a rejection is recorded with who and why; no answer in time fails the run);
 5. **rollout** the new champion to Kubernetes through a canary (when `DRIFTLOOP_ROLLOUT` is on;
    skipped otherwise): a failed rollout fails the task with the reason, without retries, and the
    champion it replaced is the champion again (docs/rollout.md).
@@ -23,7 +26,7 @@ is marked `failed` (with the step and the error) and its candidate `rejected`. A
 than `DRIFTLOOP_RETRAIN_TIMEOUT_HOURS` fails, and the next run closes training runs a crash left
 open. **promote** updates the Asset `driftloop://<model>/champion`: DAGs scheduled on it run after
 every promotion. Params: `force` retrains whatever the drift check says (still gated);
-`window_days` sets the window.
+`window_days` sets the window; `require_approval` on or off overrides the spec for this run.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pendulum
+from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Asset, Param, dag, task
 from airflow.sdk.serde import allow_class
 
@@ -41,6 +45,7 @@ from training.steps import STEP_TYPES
 
 if TYPE_CHECKING:
     from training.retrain import StepContext
+    from training.spec import ModelSpec
     from training.steps import Built, Decision, Extracted, Promotion, Skipped, Trained, Validation
 
 for _type in STEP_TYPES:
@@ -59,11 +64,11 @@ def _context(model: str, run_id: str | None) -> StepContext:
     return StepContext.build(_settings(), model, str(run_id))
 
 
-def _model_names() -> list[str]:
+def _specs() -> dict[str, ModelSpec]:
     # Specs are small YAML files: reading them at parse time is cheap and touches no database.
     from training.models import model_entries
 
-    return list(model_entries(_settings()))
+    return {name: entry.spec for name, entry in model_entries(_settings()).items()}
 
 
 def champion_asset(model: str) -> Asset:
@@ -83,17 +88,19 @@ def _record_failure(model: str) -> Any:
     """
 
     def callback(context: Any) -> None:
+        from airflow.providers.standard.exceptions import HITLTimeoutError
+
         from training.runs import record_failure
 
         ti = context["ti"]
         error = context.get("exception")
-        record_failure(
-            _settings(),
-            model,
-            str(context["run_id"]),
-            ti.task_id,
-            f"{type(error).__name__}: {error}" if error is not None else "unknown error",
-        )
+        if isinstance(error, HITLTimeoutError):
+            # The scheduler failed the approval task: its wait ran out without an answer.
+            hours = context["task"].response_timeout.total_seconds() / 3600
+            reason = f"nobody answered within {hours:g} h (approval timed out)"
+        else:
+            reason = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
+        record_failure(_settings(), model, str(context["run_id"]), ti.task_id, reason)
 
     return callback
 
@@ -109,14 +116,18 @@ def _default_args(model: str) -> dict[str, Any]:
     }
 
 
-def retrain_dag(model: str) -> Any:
+def retrain_dag(spec: ModelSpec) -> Any:
     """The retrain DAG of one model."""
     from training.models import dag_id
 
-    return _retrain_dag(dag_id(model), model)
+    return _retrain_dag(dag_id(spec.name), spec)
 
 
-def _retrain_dag(dag_id: str, model: str) -> Any:
+def _retrain_dag(dag_id: str, spec: ModelSpec) -> Any:
+    from training.approval import OPTIONS, run_timeout
+
+    model = spec.name
+
     @dag(
         dag_id=dag_id,
         schedule="@daily",
@@ -124,7 +135,7 @@ def _retrain_dag(dag_id: str, model: str) -> Any:
         catchup=False,
         max_active_runs=1,
         # A run a crash left `running` would hold back every later one (max_active_runs=1).
-        dagrun_timeout=timedelta(hours=_settings().retrain_timeout_hours),
+        dagrun_timeout=run_timeout(_settings(), spec),
         default_args=_default_args(model),
         doc_md=__doc__,
         tags=["driftloop"],
@@ -132,6 +143,11 @@ def _retrain_dag(dag_id: str, model: str) -> Any:
             "force": Param(False, type="boolean", description="retrain even without drift"),
             "window_days": Param(
                 7, type="number", minimum=0.01, maximum=365, description="days of data to look at"
+            ),
+            "require_approval": Param(
+                None,
+                type=["null", "boolean"],
+                description="a person approves the promotion first (unset: as the spec says)",
             ),
         },
     )
@@ -201,13 +217,59 @@ def _retrain_dag(dag_id: str, model: str) -> Any:
 
             return step(_context(model, run_id), built)
 
-        @task(outlets=[champion_asset(model)])
-        def promote(
-            built: Built, run_id: str | None = None, outlet_events: Any = None
-        ) -> Promotion:
-            from training.retrain import promote as step
+        @task.branch
+        def needs_approval(
+            validation: Validation,
+            built: Built,
+            params: dict[str, Any] | None = None,
+            ti: Any = None,
+        ) -> str:
+            from training.approval import approval_required, request
+            from training.models import select_spec
 
-            promotion = step(_context(model, run_id), built)
+            # The spec as it is now (a YAML read, no database): it may have changed since parsing.
+            current = select_spec(_settings(), model)
+            if not approval_required(current, (params or {}).get("require_approval")):
+                return "promote"
+            asked = request(current, validation, built)
+            ti.xcom_push(key="subject", value=asked.subject)
+            ti.xcom_push(key="body", value=asked.body)
+            return "approve_promotion"
+
+        # Waits in `awaiting_input` until a person answers in Required Actions (or the REST API);
+        # no default answer, so no answer in time fails it, and it is never retried.
+        approve_promotion = HITLOperator(
+            task_id="approve_promotion",
+            subject="{{ ti.xcom_pull(task_ids='needs_approval', key='subject') }}",
+            body="{{ ti.xcom_pull(task_ids='needs_approval', key='body') }}",
+            options=OPTIONS,
+            params={
+                "comment": Param(
+                    None, type=["null", "string"], description="why (recorded with your answer)"
+                )
+            },
+            response_timeout=timedelta(hours=spec.promotion.approval_timeout_hours),
+            retries=0,
+        )
+
+        # Runs after the approval, or straight after `needs_approval` when none is asked for.
+        @task(outlets=[champion_asset(model)], trigger_rule="none_failed_min_one_success")
+        def promote(
+            built: Built, run_id: str | None = None, outlet_events: Any = None, ti: Any = None
+        ) -> Promotion:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from training.approval import review_of
+            from training.retrain import promote as step
+            from training.retrain import record_rejection
+
+            ctx = _context(model, run_id)
+            answer = ti.xcom_pull(task_ids="approve_promotion")
+            review = review_of(answer) if answer else None
+            if review is not None and not review.approved:
+                # Skipped, not failed: the run did what it should; rollout is skipped too.
+                raise AirflowSkipException(record_rejection(ctx, built, review))
+            promotion = step(ctx, built, review)
             # The asset event says which champion it is about (a re-run that changed nothing too:
             # consumers read the tag and find it already served).
             outlet_events[champion_asset(model)].extra = {
@@ -249,12 +311,17 @@ def _retrain_dag(dag_id: str, model: str) -> Any:
         validation = validate(trained)
         built = build_bento(validation)
         passed_gates(validation) >> built
-        rollout(promote(containerize(built)))
+        ready = containerize(built)
+        route = needs_approval(validation, ready)
+        promoted = promote(ready)
+        route >> [approve_promotion, promoted]
+        approve_promotion >> promoted
+        rollout(promoted)
 
     return driftloop_retrain()
 
 
-for _model in _model_names():
+for _spec in _specs().values():
     # Module globals, so Airflow (and `runpy` in driftloop's own `dag.test()` runs) find every DAG.
-    _dag = retrain_dag(_model)
+    _dag = retrain_dag(_spec)
     globals()[_dag.dag_id] = _dag

@@ -141,6 +141,8 @@ def _airflow(setup: AirflowSetup, *args: str) -> subprocess.CompletedProcess[str
 
 
 _TASK_EVENT = re.compile(r"\[DAG TEST\] (starting|end task) task_id=(\S+)")
+# dag.test() logs this every second while a human-in-the-loop task waits for its answer.
+_AWAITING = re.compile(r"Waiting for Human-in-the-loop input for tasks: \['([^']+)'")
 
 
 def migrate(setup: AirflowSetup) -> None:
@@ -166,7 +168,8 @@ def dags_test(
     processes against the metadata DB); the full log goes to ``log``.
 
     Args:
-        on_task: called with (task id, "started" | "ended") as the run goes, for progress output.
+        on_task: called with (task id, "started" | "ended" | "awaiting input") as the run goes,
+            for progress output; "awaiting input" once per task that waits for a person.
 
     Raises:
         DriftloopError: the run failed (see the log).
@@ -185,11 +188,16 @@ def dags_test(
         ) as process,
     ):
         assert process.stdout is not None
+        waiting: set[str] = set()
         for line in process.stdout:
             out.write(line)
             event = _TASK_EVENT.search(line)
             if event and on_task is not None:
                 on_task(event.group(2), "started" if event.group(1) == "starting" else "ended")
+            awaiting = _AWAITING.search(line)
+            if awaiting and on_task is not None and awaiting.group(1) not in waiting:
+                waiting.add(awaiting.group(1))
+                on_task(awaiting.group(1), "awaiting input")
     failed = "failed" in _final_state(log)
     if process.returncode != 0 or failed:
         raise DriftloopError(f"the {dag} run failed; its log is {log}")
@@ -217,24 +225,42 @@ class DagTestResult:
     tries: dict[str, int] = field(default_factory=dict)
 
 
-def dag_test(setup: AirflowSetup, conf: dict[str, object], model: str = "churn") -> DagTestResult:
+def dag_test(
+    setup: AirflowSetup,
+    conf: dict[str, object],
+    model: str = "churn",
+    timeout: float | None = None,
+) -> DagTestResult:
     """Run ``model``'s retrain DAG once with ``dag.test()`` in a fresh interpreter.
 
     Airflow reads its configuration when first imported, so the caller (a test, say) keeps its own
     process free of Airflow and hands this run the project's environment instead.
 
+    Args:
+        timeout: seconds before the run is stopped (``dag.test()`` waits for an approval as long as
+            nobody answers).
+
     Raises:
-        DriftloopError: the interpreter failed before the run could report (the log's tail says why).
+        DriftloopError: the interpreter failed, or ran out of ``timeout``, before the run could
+            report (the log's tail says why).
     """
     dag_file = PROJECT_ROOT / "dags" / "retrain.py"
-    result = subprocess.run(
-        [sys.executable, "-c", _DAG_TEST, str(dag_file), json.dumps(conf), dag_id(model)],
-        env=setup.env,
-        capture_output=True,
-        text=True,
-        check=False,
-        umask=AIRFLOW_UMASK,
-    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _DAG_TEST, str(dag_file), json.dumps(conf), dag_id(model)],
+            env=setup.env,
+            capture_output=True,
+            text=True,
+            check=False,
+            umask=AIRFLOW_UMASK,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        tail = _text(exc.stdout) + _text(exc.stderr)
+        raise DriftloopError(
+            f"dag.test() did not finish within {timeout:g} s: "
+            + " | ".join(tail.strip().splitlines()[-5:])
+        ) from None
     log = result.stdout + result.stderr
     for line in result.stdout.splitlines():
         if line.startswith("DAG_TEST_RESULT="):
@@ -243,6 +269,13 @@ def dag_test(setup: AirflowSetup, conf: dict[str, object], model: str = "churn")
                 found["state"], found["run_id"], found["tasks"], log, found.get("tries", {})
             )
     raise DriftloopError(f"dag.test() did not finish: {' | '.join(log.strip().splitlines()[-5:])}")
+
+
+def _text(output: str | bytes | None) -> str:
+    # What a timed-out run had printed (bytes, despite text=True, on some Python versions).
+    if isinstance(output, bytes):
+        return output.decode(errors="replace")
+    return output or ""
 
 
 def _final_state(log: Path) -> str:

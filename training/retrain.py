@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from training import registry
+from training.approval import Review, run_timeout
 from training.artifacts import open_store
 from training.bento import build_bento, publish_bento
 from training.decision import LiveCheck, decide, judgeable, relation_changed
@@ -49,6 +50,7 @@ __all__ = [
     "containerize_bento",
     "extract",
     "promote",
+    "record_rejection",
     "record_skip",
     "train_challenger",
     "validate",
@@ -83,14 +85,15 @@ def extract(ctx: StepContext, window_end: datetime, window_days: float) -> Extra
     """Copy the window ``[window_end - window_days, window_end)`` out of the store into Parquet.
 
     The run's first step also closes the model's training runs a crash left open for longer than
-    ``retrain_timeout_hours`` (failed, candidates rejected), so they never hold the schedule back.
+    a run may take (``retrain_timeout_hours``, plus the approval timeout when the spec asks for
+    approval): failed, candidates rejected, so they never hold the schedule back.
     """
     if window_days <= 0:
         raise ValueError(f"window_days must be positive, got {window_days}")
     close_stale_runs(
         ctx.url,
         ctx.model,
-        older_than=timedelta(hours=ctx.settings.retrain_timeout_hours),
+        older_than=run_timeout(ctx.settings, ctx.spec),
         by=ctx.run_key,
     )
     spec = ctx.spec
@@ -348,13 +351,28 @@ def _bento_exists(bento_tag: str) -> bool:
     return True
 
 
+def _built_bento(challenger_tag: str, recorded: str | None) -> str | None:
+    """The Bento the model already has: the one recorded, or the one a try that failed before
+    recording it built (``build_bento`` names it ``<name>_service:<model version>``)."""
+    name, _, version = challenger_tag.partition(":")
+    for tag in (recorded, f"{name}_service:{version}"):
+        if tag is not None and _bento_exists(tag):
+            return tag
+    return None
+
+
 def build_challenger_bento(ctx: StepContext, challenger_tag: str) -> Built:
     """Build the Bento of a challenger that passed its gates (before promotion, so that every
-    champion has a Bento to serve); a re-run reuses the Bento the model already has."""
+    champion has a Bento to serve); a re-run reuses the Bento the model already has, recorded or
+    not (the database may have failed the try that built it)."""
     with connect(ctx.url) as conn:
         known = registry.get_version(conn, challenger_tag).bento_tag
-    if known is not None and _bento_exists(known):
-        return Built(challenger_tag=challenger_tag, bento_tag=known, reused=True)
+    found = _built_bento(challenger_tag, known)
+    if found is not None:
+        if found != known:
+            with connect(ctx.url) as conn:
+                registry.set_bento(conn, challenger_tag, found)
+        return Built(challenger_tag=challenger_tag, bento_tag=found, reused=True)
     bento_tag = build_bento(challenger_tag)
     with connect(ctx.url) as conn:
         registry.set_bento(conn, challenger_tag, bento_tag)
@@ -384,11 +402,20 @@ def containerize_bento(ctx: StepContext, built: Built) -> Built:
     return replace(built, image=image.image, image_size_bytes=image.size_bytes)
 
 
-def promote(ctx: StepContext, built: Built) -> Promotion:
+def promote(ctx: StepContext, built: Built, review: Review | None = None) -> Promotion:
     """Make the challenger the champion (the previous one retires) and close the training run.
 
-    A re-run after the challenger became champion changes nothing (``changed`` is False).
+    With a person's approval (``review``), the promotion record names them and their comment. A
+    re-run after the challenger became champion changes nothing (``changed`` is False).
     """
+    if review is not None and not review.approved:
+        raise ValueError(
+            f"{built.challenger_tag} was {review.verdict}: record_rejection, not promote"
+        )
+    if review is not None:
+        # The approval task was cleared and answered anew after a rejection: the latest answer
+        # stands (the challenger passed its gates in this run, or promote would not run).
+        reopen_candidate(ctx.url, built.challenger_tag)
     # Exported first: every champion has its Bento in the artifact store, and a store that cannot
     # be written fails the step with the champion unchanged.
     publish_bento(ctx.settings, ctx.url, built.challenger_tag, built.bento_tag)
@@ -403,18 +430,22 @@ def promote(ctx: StepContext, built: Built) -> Promotion:
                 version=before.version,
                 changed=False,
             )
+        reason = f"passed its gates against {before.tag if before else 'no champion'}"
+        if review is not None:
+            reason = f"{reason}; {review.verdict} (run {ctx.run_key})"
         promoted = registry.promote(
             conn,
             built.challenger_tag,
-            by=f"run {ctx.run_key}",
-            reason=f"passed its gates against {before.tag if before else 'no champion'}",
+            by=review.by if review is not None else f"run {ctx.run_key}",
+            reason=reason,
         )
     record_training_run(
         ctx.url,
         ctx.model,
         ctx.run_key,
         status="promoted",
-        reason=f"promoted to champion v{promoted.version}",
+        reason=f"promoted to champion v{promoted.version}"
+        + (f", {review.verdict}" if review is not None else ""),
     )
     return Promotion(
         champion_tag=promoted.tag,
@@ -422,3 +453,22 @@ def promote(ctx: StepContext, built: Built) -> Promotion:
         bento_tag=built.bento_tag,
         version=promoted.version,
     )
+
+
+def record_rejection(ctx: StepContext, built: Built, review: Review) -> str:
+    """A person rejected the challenger: the run ends ``rejected`` with who and why, the
+    challenger is ``rejected`` and the champion keeps serving. Returns the reason recorded.
+
+    Running it again records the same; a challenger that became champion meanwhile (an earlier
+    approval of this run) is left as it is.
+    """
+    with connect(ctx.url) as conn:
+        current = registry.champion(conn, ctx.model)
+        if current is not None and current.tag == built.challenger_tag:
+            raise ValueError(
+                f"{built.challenger_tag} is already the champion (approved earlier in run "
+                f"{ctx.run_key}): `driftloop rollback` puts the previous one back"
+            )
+        registry.reject(conn, built.challenger_tag)
+    record_training_run(ctx.url, ctx.model, ctx.run_key, status="rejected", reason=review.verdict)
+    return review.verdict

@@ -27,6 +27,7 @@ __all__ = [
     "Label",
     "ModelConfig",
     "ModelSpec",
+    "PromotionPolicy",
     "SpecError",
     "TrainingPolicy",
     "label_key",
@@ -172,6 +173,19 @@ class GatePolicy(_Frozen):
     max_log_loss_increase: float = Field(0.02, ge=0)
 
 
+class PromotionPolicy(_Frozen):
+    """Who decides that a challenger that passed its gates becomes the champion (docs/retrain.md).
+
+    ``approval`` off (the default): the retrain DAG promotes it at once. On: a person approves or
+    rejects it in Airflow's Required Actions first (the run's ``require_approval`` param overrides
+    this for one run); nobody answering within ``approval_timeout_hours`` fails the run and
+    rejects the challenger.
+    """
+
+    approval: bool = False
+    approval_timeout_hours: float = Field(12.0, gt=0, le=24 * 7)
+
+
 class ModelSpec(_Frozen):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
     description: str = ""
@@ -186,6 +200,7 @@ class ModelSpec(_Frozen):
     drift: DriftPolicy = DriftPolicy()
     gates: GatePolicy = GatePolicy()
     training: TrainingPolicy = TrainingPolicy()
+    promotion: PromotionPolicy = PromotionPolicy()
 
     model_config = ConfigDict(frozen=True, extra="forbid", ignored_types=(cached_property,))
 

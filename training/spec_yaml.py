@@ -163,5 +163,11 @@ def render_spec(
         "  # the reference sample's size, as a multiple of the window's training rows",
         f"  reference_ratio: {s(training.reference_ratio)}",
         f"  seed: {s(training.seed)}",
+        "promotion:",
+        "  # a person approves each promotion in Airflow's Required Actions (the run's require_approval",
+        "  # param overrides this for one run); no answer within the timeout fails the run and rejects",
+        "  # the challenger (docs/retrain.md)",
+        f"  approval: {s(spec.promotion.approval)}",
+        f"  approval_timeout_hours: {s(spec.promotion.approval_timeout_hours)}",
     ]
     return "\n".join(lines) + "\n"

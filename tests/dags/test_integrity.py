@@ -55,11 +55,13 @@ def test_dag_imports_without_errors_and_wires_the_loop(tmp_path: Path) -> None:
     parsed = _parse(tmp_path)
     assert parsed["errors"] == {}
     assert parsed["tasks"] == [
+        "approve_promotion",
         "build_bento",
         "check_drift",
         "containerize",
         "decide",
         "extract",
+        "needs_approval",
         "passed_gates",
         "promote",
         "record_skip",
@@ -68,7 +70,7 @@ def test_dag_imports_without_errors_and_wires_the_loop(tmp_path: Path) -> None:
         "validate",
     ]
     assert parsed["downstream_of_decide"] == ["record_skip", "train_challenger"]
-    assert parsed["params"] == ["force", "window_days"]
+    assert parsed["params"] == ["force", "require_approval", "window_days"]
     assert parsed["schedule"] == "@daily"
 
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.specs import approval_spec
+
 DAG_FILE = Path(__file__).parents[2] / "dags" / "retrain.py"
 
 _PARSE = """
@@ -23,6 +25,14 @@ print(json.dumps({
     "max_retry_delay": task.max_retry_delay.total_seconds(),
     "timeout": dag.dagrun_timeout.total_seconds(),
     "outlets": {t.task_id: [a.uri for a in t.outlets] for t in dag.tasks if t.outlets},
+    "approval": {
+        "retries": dag.get_task("approve_promotion").retries,
+        "response_timeout": dag.get_task("approve_promotion").response_timeout.total_seconds(),
+        "options": dag.get_task("approve_promotion").options,
+        "params": sorted(dag.get_task("approve_promotion").params),
+        "promote_trigger_rule": dag.get_task("promote").trigger_rule.value,
+        "after_needs_approval": sorted(dag.get_task("needs_approval").downstream_task_ids),
+    },
 }))
 """
 
@@ -67,3 +77,24 @@ def test_retries_back_off_and_the_timeout_come_from_the_settings(tmp_path: Path)
 
 def test_only_promote_updates_the_champions_asset(tmp_path: Path) -> None:
     assert _parse(tmp_path)["outlets"] == {"promote": ["driftloop://churn/champion"]}
+
+
+def test_approval_waits_once_for_its_timeout_and_a_spec_that_asks_for_it_lengthens_the_run(
+    tmp_path: Path,
+) -> None:
+    """The approval task is never retried (a second wait would double it); the run's timeout makes
+    room for the wait only when the spec asks for approval (the param alone keeps the 6 h)."""
+    defaults = _parse(tmp_path)
+    assert defaults["approval"] == {
+        "retries": 0,
+        "response_timeout": 12 * 3600.0,
+        "options": ["Approve", "Reject"],
+        "params": ["comment"],
+        "promote_trigger_rule": "none_failed_min_one_success",
+        "after_needs_approval": ["approve_promotion", "promote"],
+    }
+    assert defaults["timeout"] == 6 * 3600.0
+
+    asking = _parse(tmp_path, DRIFTLOOP_MODEL_SPEC=str(approval_spec(tmp_path, timeout_hours=2)))
+    assert asking["approval"]["response_timeout"] == 2 * 3600.0  # type: ignore[index]
+    assert asking["timeout"] == (6 + 2) * 3600.0

@@ -163,7 +163,8 @@ def _api(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
     return response.json()
 
 
-def test_launcher_serves_schedules_and_runs_the_retrain_dag(launcher: Launcher, env: Path) -> None:
+def _ui_address(launcher: Launcher, env: Path) -> tuple[str, str]:
+    """The UI's URL and the admin's password, as the launcher's line says where to find them."""
     url_line = _poll(
         "the launcher's URL line",
         STARTUP_TIMEOUT,
@@ -175,29 +176,41 @@ def test_launcher_serves_schedules_and_runs_the_retrain_dag(launcher: Launcher, 
     base_url, user, password_file = match.groups()
     assert user == "admin"
     assert Path(password_file) == env / "airflow" / "simple_auth_manager_passwords.json.generated"
+    return base_url, json.loads(Path(password_file).read_text())["admin"]
+
+
+def _listed(client: httpx.Client, launcher: Launcher) -> dict[str, Any]:
+    """The DAG, once the dag-processor has parsed it and the API lists it."""
+
+    def listed() -> dict[str, Any] | None:
+        dags = _api(client, "GET", "/dags", params={"dag_id_pattern": DAG_ID})["dags"]
+        return next((d for d in dags if d["dag_id"] == DAG_ID), None)
+
+    return _poll(f"{DAG_ID} to be parsed and listed", DAG_LISTED_TIMEOUT, listed, launcher)
+
+
+def _unpause(client: httpx.Client, dag: dict[str, Any]) -> None:
+    """Unpause the DAG: the scheduler then runs its latest interval at once, unless it ran it."""
+    if dag["is_paused"]:
+        _api(client, "PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})
+    assert _api(client, "GET", f"/dags/{DAG_ID}")["is_paused"] is False
+
+
+def test_launcher_serves_schedules_and_runs_the_retrain_dag(launcher: Launcher, env: Path) -> None:
+    base_url, password = _ui_address(launcher, env)
 
     with httpx.Client(base_url=base_url, timeout=30) as client:
         health = client.get("/api/v2/monitor/health")
         assert health.status_code == 200, health.text
 
-        password = json.loads(Path(password_file).read_text())["admin"]
-        token = client.post("/auth/token", json={"username": "admin", "password": password})
-        assert token.status_code == 201, token.text
-        client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
-
-        def listed() -> dict[str, Any] | None:
-            dags = _api(client, "GET", "/dags", params={"dag_id_pattern": DAG_ID})["dags"]
-            return next((d for d in dags if d["dag_id"] == DAG_ID), None)
-
-        dag = _poll(f"{DAG_ID} to be parsed and listed", DAG_LISTED_TIMEOUT, listed, launcher)
+        _log_in(client, password)
+        dag = _listed(client, launcher)
         # Airflow shows the @daily preset as its cron expression.
         assert dag["timetable_summary"] in ("@daily", "0 0 * * *"), dag
-        if dag["is_paused"]:
-            _api(client, "PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})
-        assert _api(client, "GET", f"/dags/{DAG_ID}")["is_paused"] is False
+        _unpause(client, dag)
 
         details = _api(client, "GET", f"/dags/{DAG_ID}/details")
-        assert set(details["params"]) >= {"force", "window_days"}
+        assert set(details["params"]) >= {"force", "window_days", "require_approval"}
 
         run = _api(
             client,
@@ -257,13 +270,31 @@ def _browser() -> str:
     return chromium
 
 
+def _screenshots() -> Path:
+    shots = Path(os.environ.get("DRIFTLOOP_TEST_ARTIFACTS", PROJECT_ROOT / "test-artifacts"))
+    shots = shots / "airflow-ui"
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots
+
+
+def _signed_in(browser: Any, base_url: str, password: str, screenshot: Path | None = None) -> Any:
+    """A page of ``browser`` after signing in on the login page as admin."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(60_000)
+    page.goto(f"{base_url}/")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", password)
+    if screenshot is not None:
+        page.screenshot(path=screenshot)
+    page.get_by_role("button", name="Sign in").click()
+    return page
+
+
 def _as_a_person(base_url: str, password: str, launcher: Launcher) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
-    shots = Path(os.environ.get("DRIFTLOOP_TEST_ARTIFACTS", PROJECT_ROOT / "test-artifacts"))
-    shots = shots / "airflow-ui"
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = _screenshots()
     with httpx.Client(base_url=base_url, timeout=30) as client:
         _log_in(client, password)
 
@@ -278,13 +309,7 @@ def _as_a_person(base_url: str, password: str, launcher: Launcher) -> None:
         # --no-sandbox: the suite may run as root, where chromium refuses its sandbox.
         browser = playwright.chromium.launch(executable_path=_browser(), args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(60_000)
-            page.goto(f"{base_url}/")
-            page.fill("input[name=username]", "admin")
-            page.fill("input[name=password]", password)
-            page.screenshot(path=shots / "1-login.png")
-            page.get_by_role("button", name="Sign in").click()
+            page = _signed_in(browser, base_url, password, shots / "1-login.png")
 
             page.get_by_role("link", name="Dags", exact=True).first.click()
             # The DAG list shows it; its page is where a person triggers it with params.
@@ -335,7 +360,9 @@ def _as_a_person(base_url: str, password: str, launcher: Launcher) -> None:
             browser.close()
 
         assert run["state"] == "success", run
-        assert run["conf"] == {"force": True, "window_days": 3}, run["conf"]
+        # The form sends every param: require_approval left unset (the spec decides).
+        conf = run["conf"]
+        assert conf == {"force": True, "window_days": 3, "require_approval": None}, conf
         assert run["run_type"] == "manual"
 
         _a_drift_report_opens_cleanly(playwright, shots)
@@ -366,3 +393,128 @@ def _a_drift_report_opens_cleanly(playwright: Any, shots: Path) -> None:
         assert problems == [], problems
     finally:
         browser.close()
+
+
+# A run that retrains: it scores the window, trains, validates and builds a Bento before it asks.
+APPROVAL_RUN_TIMEOUT = 900.0
+
+
+@pytest.fixture
+def approval_on(env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Before the launcher starts (ask for this fixture first): the churn spec with approval on,
+    and a champion whose traffic drifted, so the DAG's first scheduled run retrains and then asks
+    a person. Returns the champion's tag."""
+    from tests.integration.test_retrain_dag import _seed
+    from tests.specs import approval_spec
+    from training.synthetic import Scenario
+
+    monkeypatch.setenv("DRIFTLOOP_MODEL_SPEC", str(approval_spec(tmp_path)))
+    return str(_seed(Scenario(kind="mixed"))["champion_tag"])
+
+
+def _task_state(client: httpx.Client, run_id: str, task_id: str) -> str | None:
+    run = quote(run_id, safe="")
+    state: str | None = _api(
+        client, "GET", f"/dags/{DAG_ID}/dagRuns/{run}/taskInstances/{task_id}"
+    )["state"]
+    return state
+
+
+def test_a_person_approves_a_promotion_in_the_ui(
+    approval_on: str, launcher: Launcher, env: Path
+) -> None:
+    """With approval on in the spec, the scheduled run retrains on drifted traffic and waits; a
+    person finds the request from the DAG's page (the waiting task's Required Action tab), reads
+    it, writes a comment, approves, and the run promotes the challenger with the person named in
+    the promotion record."""
+    from playwright.sync_api import expect, sync_playwright
+
+    base_url, password = _ui_address(launcher, env)
+    shots = _screenshots()
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        _log_in(client, password)
+        dag = _listed(client, launcher)
+        # Runs of earlier tests share this metadata database: the run to approve is a new one.
+        before = {
+            r["dag_run_id"]: r for r in _api(client, "GET", f"/dags/{DAG_ID}/dagRuns")["dag_runs"]
+        }
+        _unpause(client, dag)
+        if any(r["run_type"] == "scheduled" for r in before.values()):
+            # An earlier test's scheduled run took the latest interval: ask for a run instead.
+            _api(client, "POST", f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": {}})
+
+        def waiting() -> str | None:
+            for run in _api(client, "GET", f"/dags/{DAG_ID}/dagRuns")["dag_runs"]:
+                if run["dag_run_id"] in before:
+                    continue
+                if run["state"] == "failed":
+                    pytest.fail(
+                        f"run {run['dag_run_id']} failed before asking:\n{launcher.output()}"
+                    )
+                if _task_state(client, run["dag_run_id"], "approve_promotion") == "awaiting_input":
+                    return str(run["dag_run_id"])
+            return None
+
+        run_id = _poll("a run to wait for approval", APPROVAL_RUN_TIMEOUT, waiting, launcher)
+
+    comment = "holdout checked by hand"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=_browser(), args=["--no-sandbox"])
+        try:
+            page = _signed_in(browser, base_url, password)
+            page.get_by_role("link", name="Dags", exact=True).first.click()
+            page.get_by_role("link", name=DAG_ID, exact=True).first.click()
+            # The grid shows the waiting task; its page has the Required Action tab.
+            page.get_by_test_id(f"grid-{run_id}-approve_promotion").click()
+            page.get_by_role("link", name="Required Action").click()
+            expect(page.get_by_text("to champion of churn?").first).to_be_visible()
+            expect(page.get_by_text(approval_on).first).to_be_visible()
+            field = page.locator("input[name=element_comment]")
+            # The page refreshes while the run is active and may re-render the form: type as a
+            # person would, and again if the text was lost.
+            for _ in range(5):
+                field.click()
+                page.keyboard.press("Control+A")
+                page.keyboard.type(comment)
+                if field.input_value() == comment:
+                    break
+                page.wait_for_timeout(1000)
+            expect(field).to_have_value(comment)
+            page.screenshot(path=shots / "5-required-action.png")
+            page.get_by_test_id("hitl-option-Approve").click()
+            expect(page.get_by_text("Response received").first).to_be_visible()
+            page.screenshot(path=shots / "6-approved.png")
+
+            deadline = time.monotonic() + RUN_TIMEOUT
+            with httpx.Client(base_url=base_url, timeout=30) as client:
+                _log_in(client, password)
+                run_path = f"/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}"
+                while (run := _api(client, "GET", run_path))["state"] in ("queued", "running"):
+                    if time.monotonic() > deadline:
+                        pytest.fail(
+                            f"{run_id} did not finish after the approval:\n{launcher.output()}"
+                        )
+                    time.sleep(3)
+                promote = _task_state(client, run_id, "promote")
+            page.goto(f"{base_url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}")
+            page.get_by_text("Success", exact=True).first.wait_for()
+            page.screenshot(path=shots / "7-promoted.png")
+        finally:
+            browser.close()
+
+    assert run["state"] == "success", run
+    assert promote == "success"
+    with psycopg2.connect(os.environ["DRIFTLOOP_DATABASE_URL"]) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT p.by, p.reason, v.status FROM promotions p"
+            " JOIN model_versions v ON v.tag = p.tag WHERE p.previous_tag = %s",
+            (approval_on,),
+        )
+        promotions = cur.fetchall()
+        cur.execute("SELECT status, reason FROM training_runs WHERE run_key = %s", (run_id,))
+        training = cur.fetchall()
+    conn.close()
+    [(by, reason, status)] = promotions
+    assert (by, status) == ("admin", "champion")
+    assert f"approved by admin: {comment} (run {run_id})" in reason
+    assert training == [("promoted", f"promoted to champion v2, approved by admin: {comment}")]

@@ -6,6 +6,7 @@ run's task states and what the loop recorded in PostgreSQL and BentoML's store.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,69 @@ def test_a_failing_step_is_retried_then_records_the_run_failed_and_rejects_its_c
     versions = _query("SELECT tag, status FROM model_versions ORDER BY version")
     assert versions[0] == (champion["champion_tag"], "champion")
     assert versions[1][1] == "rejected"
+
+
+# Put on the task process's PYTHONPATH: the first `registry.set_bento` (build_bento recording the
+# Bento it has just built) meets PostgreSQL gone for a moment, as psycopg2 reports it; later calls
+# go through. The marker file makes it once across processes.
+_DATABASE_BLIP = """
+import os
+from pathlib import Path
+
+import psycopg2
+import training.registry as registry
+
+_marker = Path(os.environ["DRIFTLOOP_TEST_FAULT_MARKER"])
+_set_bento = registry.set_bento
+
+
+def set_bento(conn, tag, bento_tag):
+    if not _marker.exists():
+        _marker.write_text(bento_tag)
+        raise psycopg2.OperationalError("server closed the connection unexpectedly")
+    return _set_bento(conn, tag, bento_tag)
+
+
+registry.set_bento = set_bento
+"""
+
+
+def test_a_transient_database_error_is_retried_and_leaves_no_duplicate(
+    airflow: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """build_bento builds the Bento, then cannot record it (the database drops the connection);
+    its retry finds the Bento that try built instead of building another, and the run ends as if
+    nothing had happened: one training run, one new model version, one Bento, one promotion."""
+    import bentoml
+
+    first = _seed(Scenario(kind="mixed"))
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_DATABASE_BLIP)
+    marker = tmp_path / "fault-injected"
+    monkeypatch.setenv("DRIFTLOOP_TEST_FAULT_MARKER", str(marker))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    )
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN_RETRIES", "1")
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN_RETRY_DELAY_S", "1")
+
+    result = _run({"window_days": 7, "force": False})
+
+    assert marker.exists(), "the fault was never injected"
+    assert result.tasks["build_bento"] == "success"
+    assert result.tasks["promote"] == "success"
+    assert {task: n for task, n in result.tries.items() if n > 1} == {"build_bento": 2}
+    assert _query(
+        "SELECT count(*), min(status) FROM training_runs WHERE run_key = %s", result.run_id
+    ) == [(1, "promoted")]
+    versions = _query("SELECT tag, status, bento_tag FROM model_versions ORDER BY version")
+    assert [status for _, status, _ in versions] == ["retired", "champion"]
+    challenger, _, bento_tag = versions[1]
+    assert bento_tag == marker.read_text()
+    model_label = challenger.replace(":", ".")
+    built = [b for b in bentoml.bentos.list() if b.info.labels.get("model_tag") == model_label]
+    assert [str(b.tag) for b in built] == [bento_tag]
+    assert len(bentoml.models.list("churn")) == 2
+    assert first["champion_tag"] != challenger
+    assert _query("SELECT count(*) FROM promotions WHERE tag = %s", challenger) == [(1,)]

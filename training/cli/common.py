@@ -25,6 +25,11 @@ def task_progress(step: Progress) -> Callable[[str, str], None]:
     def report(task_id: str, event: str) -> None:
         if event == "ended":
             step(f"  task {task_id} done")
+        elif event == "awaiting input":
+            step(
+                f"  task {task_id} waits for a person: answer it in the Airflow UI's Required"
+                " Actions (`driftloop airflow`) or its REST API (docs/retrain.md#approval)"
+            )
 
     return report
 
