@@ -189,6 +189,28 @@ def _drop_empty_schema(url: str) -> None:
             )
 
 
+_ASIDE = "driftloop_replaced_by_restore"
+
+
+def _set_aside(url: str) -> None:
+    """Rename the store's schema out of the way and start an empty one in its place."""
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(_ASIDE)))
+        cur.execute(sql.SQL("ALTER SCHEMA public RENAME TO {}").format(sql.Identifier(_ASIDE)))
+        cur.execute("CREATE SCHEMA public")
+
+
+def _bring_back(url: str) -> None:
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute("DROP SCHEMA public CASCADE")
+        cur.execute(sql.SQL("ALTER SCHEMA {} RENAME TO public").format(sql.Identifier(_ASIDE)))
+
+
+def _drop_set_aside(url: str) -> None:
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(_ASIDE)))
+
+
 def _import_models(manifest: Manifest, local: dict[str, Path], result: Restored) -> None:
     import bentoml
     from bentoml.exceptions import NotFound
@@ -306,8 +328,20 @@ def restore(
 
         if not holds_rows:
             _drop_empty_schema(url)
-        pg_tools.restore(client, url, local[dump.path], clean=holds_rows)
-        _check_rows(url, manifest)
+            pg_tools.restore(client, url, local[dump.path])
+            _check_rows(url, manifest)
+        else:
+            # pg_restore --clean cannot replace day-partitioned tables (it drops a partition's
+            # inherited key first, which PostgreSQL refuses); the store's schema moves aside
+            # instead, and comes back if the restore fails, so --force never loses it to an error.
+            _set_aside(url)
+            try:
+                pg_tools.restore(client, url, local[dump.path])
+                _check_rows(url, manifest)
+            except BaseException:
+                _bring_back(url)
+                raise
+            _drop_set_aside(url)
         rows = sum(n for table, n in manifest.rows.items() if table != "schema_migrations")
         progress(f"database restored (pg_restore {client.major}): {rows} rows match the backup")
 
