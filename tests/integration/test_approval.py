@@ -88,9 +88,11 @@ print("ANSWERED=" + json.dumps(asked))
 def _run_and_answer(
     conf: dict[str, object], answer: str, comment: str
 ) -> tuple[DagTestResult, dict[str, object]]:
+    """Run the DAG once while a second process answers its approval as user ``reviewer``:
+    ``Approve`` or ``Reject`` with ``comment``, or ``nobody`` (the wait runs out)."""
     setup = airflow_env(get_settings())
     person = subprocess.Popen(
-        [sys.executable, "-c", _ANSWER, DAG_ID, answer, "reviewer", comment, "600"],
+        [sys.executable, "-c", _ANSWER, DAG_ID, answer, "reviewer", comment, "840"],
         env=setup.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
