@@ -104,13 +104,23 @@ def save_model(
 
 def _stored_model(tag: str) -> Any:
     import bentoml
-    from bentoml.exceptions import NotFound
+    from bentoml.exceptions import BentoMLException, NotFound
 
+    missing = f"model {tag} is not in the BentoML model store"
     try:
-        return bentoml.models.get(tag)
+        model = bentoml.models.get(tag)
     except (NotFound, StopIteration):
         # A ``:latest`` of a name with no model at all ends in StopIteration inside BentoML.
-        raise NotFoundError(f"model {tag} is not in the BentoML model store") from None
+        raise NotFoundError(missing) from None
+    except BentoMLException:
+        # BentoML matches a version by its prefix: "churn:a" names every version starting with
+        # "a", and several of them is an error rather than "not found".
+        raise NotFoundError(missing) from None
+    version = tag.partition(":")[2]
+    if version and version != "latest" and str(model.tag) != tag:
+        # ...and one of them would be returned as if it were the version asked for.
+        raise NotFoundError(f"{missing} (only {model.tag}, whose version starts alike)")
+    return model
 
 
 def model_spec(tag: str) -> ModelSpec:
