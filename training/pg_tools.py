@@ -142,16 +142,12 @@ def dump(client: PgClient, url: str, out: Path, *, snapshot: str | None = None) 
     _run(command, env, "pg_dump")
 
 
-def restore(client: PgClient, url: str, dump_file: Path, *, clean: bool = False) -> None:
+def restore(client: PgClient, url: str, dump_file: Path) -> None:
     """``pg_restore`` a custom-format dump into the store's database, in one transaction (it
     restores everything or nothing).
 
     Objects are owned by the user restoring and keep no grants of the server they came from (the
     embedded server's ``postgres`` may not exist on a managed one).
-
-    Args:
-        clean: drop each object of the dump before creating it (restoring over a store that
-            holds it already).
 
     Raises:
         DriftloopError: pg_restore failed (its last lines); nothing was restored.
@@ -166,6 +162,4 @@ def restore(client: PgClient, url: str, dump_file: Path, *, clean: bool = False)
         "--single-transaction",
         f"--dbname={dsn}",
     ]
-    if clean:
-        command += ["--clean", "--if-exists"]
     _run([*command, str(dump_file)], env, "pg_restore")
