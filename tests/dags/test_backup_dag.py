@@ -3,12 +3,11 @@ and is paused until someone turns it on. ``dag.test()`` of it: tests/integration
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-DAG_FILE = Path(__file__).parents[2] / "dags" / "backup.py"
+from tests.dags.parsing import DAGS, parse_dag_file
+
+DAG_FILE = DAGS / "backup.py"
 
 _PARSE = """
 import json, sys
@@ -29,22 +28,7 @@ print(json.dumps({
 
 
 def test_the_backup_dag_parses_light_and_paused(tmp_path: Path) -> None:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "AIRFLOW_HOME": str(tmp_path / "airflow"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/never-created.db",
-        "DRIFTLOOP_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", _PARSE, str(DAG_FILE)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    parsed = json.loads(result.stdout.strip().splitlines()[-1])
+    parsed = parse_dag_file(_PARSE, DAG_FILE, tmp_path)
     assert parsed["errors"] == {}
     assert parsed["dag_ids"] == ["driftloop_backup"]
     assert parsed["tasks"] == ["backup"]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.dags.parsing import DAGS, parse_dag_file
 from tests.specs import approval_spec
 
-DAG_FILE = Path(__file__).parents[2] / "dags" / "retrain.py"
+DAG_FILE = DAGS / "retrain.py"
 
 _PARSE = """
 import json, sys
@@ -38,25 +36,7 @@ print(json.dumps({
 
 
 def _parse(tmp_path: Path, **extra_env: str) -> dict[str, object]:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "AIRFLOW_HOME": str(tmp_path / "airflow"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/never-created.db",
-        "DRIFTLOOP_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
-        "DRIFTLOOP_MODELS": str(tmp_path / "no-models-here"),
-        **extra_env,
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", _PARSE, str(DAG_FILE)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    parsed: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
-    return parsed
+    return parse_dag_file(_PARSE, DAG_FILE, tmp_path, **extra_env)
 
 
 def test_retries_back_off_and_the_timeout_come_from_the_settings(tmp_path: Path) -> None:
