@@ -84,24 +84,15 @@ def rollout_bento(
             bento_tag = current.bento_tag
         model_tag = _model_tag(conn, model_name, bento_tag)
         image = image or image_of(conn, settings, bento_tag)
-    target = kube.Target.from_settings(settings)
-    result = kube.rollout(
-        kube.kube_client(settings),
-        target,
-        kube.Policy.from_settings(settings),
-        image=image,
-        bento_tag=bento_tag,
-        record=_recorder(url, model_tag, bento_tag, target.name),
-        progress=progress,
-    )
-    return Deployed(
-        result.outcome,
+    return _apply(
+        kube.rollout,
+        settings,
+        url,
+        kube.Target.from_settings(settings),
+        image,
         model_tag,
         bento_tag,
-        image,
-        result.previous_image,
-        target.name,
-        result.seconds,
+        progress,
     )
 
 
@@ -133,7 +124,21 @@ def undo_rollout(
             model_tag = f"{model_name}:unknown"
     if not image:
         raise DriftloopError(f"the last rollout on {target.name} recorded no previous image")
-    result = kube.undo(
+    return _apply(kube.undo, settings, url, target, image, model_tag, bento_tag, progress)
+
+
+def _apply(
+    action: Callable[..., kube.RolloutResult],
+    settings: Settings,
+    url: str,
+    target: kube.Target,
+    image: str,
+    model_tag: str,
+    bento_tag: str,
+    progress: Callable[[str], None],
+) -> Deployed:
+    """Run ``kube.rollout`` or ``kube.undo`` with the configured policy, recording each step."""
+    result = action(
         kube.kube_client(settings),
         target,
         kube.Policy.from_settings(settings),
