@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
-import psycopg2
 from pydantic_core import from_json, to_json
 
 from bentos.contract import AUTH_ERRORS, HEADERS, RATE_HEADERS
@@ -167,7 +166,7 @@ class Gate:
     async def _authenticate(self, sent: str | None, needed: KeyScope, client: str) -> Decision:
         """A Decision with its key (200 or 403; a 403 is answered once the key's rate is counted),
         else Refusal 401, 429 or 503."""
-        from training.keys import authorize, parse_token
+        from training.keys import KeysUnavailable, authorize, parse_token
 
         ring = await self._keys()
         strikes = self._strikes
@@ -181,11 +180,8 @@ class Gate:
             try:
                 # A miss queries the store: in a thread, never on the event loop.
                 key = await anyio.to_thread.run_sync(ring.find, parsed[0])
-            except (psycopg2.Error, OSError) as exc:
-                log.warning(
-                    "API keys unavailable: %s",
-                    (str(exc).strip().splitlines() or [type(exc).__name__])[0],
-                )
+            except KeysUnavailable as exc:
+                log.warning("API keys unavailable: %s", exc)
                 raise Refusal(
                     503,
                     {"error": "API keys cannot be checked now (the store is unavailable)"},
@@ -249,7 +245,12 @@ class Gate:
                 connect_timeout_s=settings.db_connect_timeout_s,
                 statement_timeout_ms=settings.db_statement_timeout_ms,
             )
-            ring = KeyRing(store.load, store.write_uses, ttl_s=settings.auth_cache_s)
+            ring = KeyRing(
+                store.load,
+                store.write_uses,
+                ttl_s=settings.auth_cache_s,
+                stale_s=settings.auth_stale_s,
+            )
             ring.start()
             self._limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
             self._strikes = RateLimiter(settings.auth_fail_rate, settings.auth_fail_burst)

@@ -155,6 +155,12 @@ def create_key(
         raise ValueError(f"scopes must be some of {', '.join(SCOPES)}; got {list(scopes)}")
     if not name.strip():
         raise ValueError("a key needs a name (who or what uses it)")
+    if not name.isprintable() or len(name) > 100:
+        # A newline in a name would forge a line in `driftloop keys list`.
+        raise ValueError(
+            "a key's name must be printable text of at most 100 characters"
+            " (no newlines or control characters)"
+        )
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     try:
@@ -251,9 +257,21 @@ def authorize(
     return Decision(200, key)
 
 
+class KeysUnavailable(Exception):
+    """The store cannot be asked about a key, and no recent answer about it is known."""
+
+
 class KeyRing:
     """This process's view of the keys: each cached for ``ttl_s`` seconds (unknown ids too), and
-    uses counted in memory, written by :meth:`flush` (a thread calls it every ``flush_s``)."""
+    uses counted in memory, written by :meth:`flush` (a thread calls it every ``flush_s``).
+
+    When the store cannot be reached, an id looked up in the last ``stale_s`` seconds keeps its
+    last answer: the service's promise is that predictions go on (to the spool) through a store
+    outage, and a key ring that refused every caller once its cache ran out would break it (and
+    take ``/metrics``, which alerts on the outage, down with it). After a failed lookup the store
+    is left alone for ``retry_s`` seconds, so a hung store does not hold every request up for the
+    connect timeout.
+    """
 
     def __init__(
         self,
@@ -262,10 +280,15 @@ class KeyRing:
         ttl_s: float = 10.0,
         flush_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        stale_s: float = 3600.0,
+        retry_s: float = 2.0,
     ) -> None:
         self._load = load
         self._write_uses = write_uses
         self.ttl_s = ttl_s
+        self.stale_s = stale_s
+        self.retry_s = retry_s
+        self._store_down_until = float("-inf")
         self.flush_s = flush_s
         self._clock = clock
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
@@ -282,16 +305,35 @@ class KeyRing:
         return False, None
 
     def find(self, key_id: str) -> ApiKey | None:
-        """The key with this id, from the cache or the store (a blocking query on a miss)."""
+        """The key with this id, from the cache or the store (a blocking query on a miss).
+
+        Raises:
+            KeysUnavailable: the store cannot be reached and this id has no answer younger than
+                ``stale_s``.
+        """
         hit, key = self.cached(key_id)
         if hit:
             return key
-        key = self._load(key_id)
+        if self._clock() < self._store_down_until:
+            return self._stale(key_id, "the store failed a moment ago")
+        try:
+            key = self._load(key_id)
+        except (psycopg2.Error, OSError) as exc:
+            self._store_down_until = self._clock() + self.retry_s
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return self._stale(key_id, reason)
         # Bound the cache: ids are client input, and unknown ones are cached too.
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key_id] = (self._clock(), key)
         return key
+
+    def _stale(self, key_id: str, reason: str) -> ApiKey | None:
+        """The last answer about ``key_id`` if it is younger than ``stale_s``."""
+        entry = self._cache.get(key_id)
+        if entry is not None and self._clock() - entry[0] < self.stale_s:
+            return entry[1]
+        raise KeysUnavailable(reason)
 
     def used(self, key_id: str) -> None:
         with self._lock:

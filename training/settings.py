@@ -49,6 +49,8 @@ class Settings(BaseSettings):
         auth: ``on``: the service's API routes need an API key (``driftloop keys``); ``off`` (the
             default, for the local demo): anyone who reaches the port may predict and post labels.
         auth_cache_s: how long each worker caches a key; a revoked key is refused within this.
+        auth_stale_s: while the store cannot be reached, a key a worker checked within this many
+            seconds keeps its last answer (so predictions go on to the spool); 0: refuse with 503.
         rate_limit: requests per second a key may send to each worker, unless it has its own rate.
         rate_burst: requests a key may send at once (the bucket's size) at the default rate.
         auth_fail_rate: requests per second each client address may send without a valid key
@@ -114,6 +116,7 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(5000, ge=1)
     auth: Literal["on", "off"] = "off"
     auth_cache_s: float = Field(10.0, ge=0, le=3600)
+    auth_stale_s: float = Field(3600.0, ge=0)
     rate_limit: float = Field(50.0, gt=0)
     rate_burst: int = Field(100, ge=1)
     auth_fail_rate: float = Field(1.0, gt=0)

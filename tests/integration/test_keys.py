@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.integration.cli import driftloop
 from training.errors import NotFoundError
 from training.keys import (
     authorize,
@@ -70,37 +68,38 @@ def test_revoke_by_name_or_id_and_count_uses(store_url: str) -> None:
     assert keys["first"].last_used_at is not None
 
 
-def _driftloop(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "training.cli", "keys", *args],
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_cli_create_list_revoke(env: Path) -> None:
-    created = _driftloop("create", "--name", "labeller", "--scope", "feedback", "--rate", "2/s")
+    created = driftloop(
+        "keys", "create", "--name", "labeller", "--scope", "feedback", "--rate", "2/s"
+    )
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip().splitlines()[2]
     assert parse_token(token) is not None
-    listed = _driftloop("list")
+    listed = driftloop("keys", "list")
     assert "labeller" in listed.stdout
     assert "feedback" in listed.stdout
     assert "2/s" in listed.stdout
     assert token not in listed.stdout
-    again = _driftloop("create", "--name", "labeller", "--scope", "predict")
+    again = driftloop("keys", "create", "--name", "labeller", "--scope", "predict")
     assert again.returncode == 1
     assert "exists" in again.stderr
-    revoked = _driftloop("revoke", "labeller")
+    revoked = driftloop("keys", "revoke", "labeller")
     assert revoked.returncode == 0
     assert "within 10 s" in revoked.stdout
-    assert "revoked" in _driftloop("list").stdout
-    missing = _driftloop("revoke", "nobody")
+    assert "revoked" in driftloop("keys", "list").stdout
+    missing = driftloop("keys", "revoke", "nobody")
     assert missing.returncode == 1
     assert "no API key" in missing.stderr
+
+
+def test_a_name_that_would_forge_a_listed_line_is_refused(env: Path) -> None:
+    forged = driftloop(
+        "keys", "create", "--name", "evil\n73f25043779f  adm2  admin", "--scope", "predict"
+    )
+    assert forged.returncode == 1
+    assert "printable" in forged.stderr
+    assert "Traceback" not in forged.stderr
+    assert "adm2" not in driftloop("keys", "list").stdout
 
 
 def _bogus_token(n: int) -> str:

@@ -256,6 +256,49 @@ def test_a_store_outage_under_load_loses_nothing_and_refuses_nothing(
     assert count(store.url, "predictions") == len(ok)
 
 
+def test_with_auth_on_a_store_outage_keeps_known_keys_predicting_and_metrics_scraped(
+    champion: Champion, store: Store, tmp_path: Path
+) -> None:
+    """Auth on, the store stopped for longer than the key cache lasts: a key the worker has
+    checked keeps predicting (to the spool) and an admin key keeps reading /metrics, which the
+    store-outage alerts depend on; a key the worker never saw gets 503 (it cannot be checked).
+    Once the store is back, every prediction answered is stored."""
+    from training.keys import create_key
+    from training.store import connect
+
+    with connect(store.url) as conn:
+        predict = create_key(conn, "outage-app", ["predict"])[1]
+        admin = create_key(conn, "outage-scraper", ["admin"])[1]
+        unseen = create_key(conn, "outage-unseen", ["predict"])[1]
+    with serving(champion, store, tmp_path / "home", auth="on", auth_cache_s="1") as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+
+            def call(token: str, path: str = "/predict") -> httpx.Response:
+                headers = {"Authorization": f"Bearer {token}"}
+                if path == "/metrics":
+                    return client.get(path, headers=headers)
+                return client.post(path, json=EXAMPLE, headers=headers)
+
+            # Every worker (one here) checks both keys while the store is up.
+            assert call(predict).status_code == 200
+            assert call(admin, "/metrics").status_code == 200
+            store.stop()
+            try:
+                time.sleep(2)  # past the 1 s key cache
+                during = [call(predict) for _ in range(20)]
+                metrics = call(admin, "/metrics")
+                never_seen = call(unseen)
+            finally:
+                store.start()
+        assert [a.status_code for a in during] == [200] * 20, during[-1].text
+        assert metrics.status_code == 200, metrics.text
+        assert "driftloop_" in metrics.text
+        assert never_seen.status_code == 503, never_seen.text
+        assert never_seen.headers["retry-after"]
+        rows = stored(store.url, [a.json()["request_id"] for a in during])
+    assert len(rows) == 20
+
+
 def test_a_hung_store_delays_nothing_and_feedback_fails_fast(
     champion: Champion, store: Store, tmp_path: Path
 ) -> None:

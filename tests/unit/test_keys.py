@@ -9,6 +9,7 @@ import pytest
 from training.keys import (
     ApiKey,
     KeyRing,
+    KeysUnavailable,
     RateLimiter,
     authorize,
     hash_secret,
@@ -99,6 +100,57 @@ def test_key_ring_caches_for_its_ttl_then_reloads() -> None:
     assert found is not None
     assert found.revoked
     assert loads == ["0123456789ab", "0123456789ab"]
+
+
+def test_key_ring_answers_from_its_last_lookup_while_the_store_is_down() -> None:
+    """A store outage: ids looked up within stale_s keep their answer (a known key, an unknown
+    id), one never looked up is KeysUnavailable, and the store is not asked again for retry_s."""
+    clock = Clock()
+    down = [False]
+    loads: list[str] = []
+
+    def load(key_id: str) -> ApiKey | None:
+        loads.append(key_id)
+        if down[0]:
+            raise OSError("connection refused")
+        return _key({"predict"}) if key_id == "0123456789ab" else None
+
+    ring = KeyRing(load, lambda uses: None, ttl_s=10, clock=clock, stale_s=60, retry_s=2)
+    assert ring.find("0123456789ab") is not None
+    assert ring.find("unknown00000") is None
+    down[0] = True
+    clock.now = 30.0
+    assert ring.find("0123456789ab") is not None
+    assert ring.find("unknown00000") is None
+    with pytest.raises(KeysUnavailable, match="failed a moment ago"):
+        ring.find("neverseen000")
+    assert loads.count("unknown00000") == 1, "asked the store again within retry_s"
+    clock.now = 59.9
+    assert ring.find("0123456789ab") is not None
+    clock.now = 60.0
+    with pytest.raises(KeysUnavailable):
+        ring.find("0123456789ab")
+    down[0] = False
+    clock.now = 70.0
+    assert ring.find("0123456789ab") is not None
+    assert ring.find("neverseen000") is None
+
+
+def test_key_ring_with_no_staleness_refuses_once_the_store_is_down() -> None:
+    clock = Clock()
+    down = [False]
+
+    def load(key_id: str) -> ApiKey | None:
+        if down[0]:
+            raise OSError("connection refused")
+        return _key({"predict"})
+
+    ring = KeyRing(load, lambda uses: None, ttl_s=10, clock=clock, stale_s=0)
+    assert ring.find("0123456789ab") is not None
+    down[0] = True
+    clock.now = 10.0
+    with pytest.raises(KeysUnavailable):
+        ring.find("0123456789ab")
 
 
 def test_key_ring_counts_uses_and_keeps_them_when_the_store_fails() -> None:
