@@ -3,9 +3,6 @@ and a table with a bad row stores nothing."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +10,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from tests.integration.cli import driftloop
 from tests.usertable import telco_table
 from training import registry
 from training.backfill import BackfillResult, backfill
@@ -333,17 +331,6 @@ def cli_env(env: Path, spec_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("DRIFTLOOP_MODEL_SPEC", str(spec_path))
 
 
-def _driftloop(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "training.cli", *args],
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 def test_cli_prints_a_summary_and_says_when_nothing_is_new(
     cli_env: None,
     store_url: str,
@@ -353,7 +340,7 @@ def test_cli_prints_a_summary_and_says_when_nothing_is_new(
 ) -> None:
     path = _csv(history, tmp_path / "history.csv")
 
-    first = _driftloop("backfill", "--data", str(path))
+    first = driftloop("backfill", "--data", str(path))
     assert first.returncode == 0, first.stderr
     assert "backfill of telco" in first.stdout
     assert f"{ROWS} read, 2026-01-01" in first.stdout
@@ -362,7 +349,7 @@ def test_cli_prints_a_summary_and_says_when_nothing_is_new(
     assert f"labels       {ROWS} read: {ROWS} stored" in first.stdout
     assert "nothing new" not in first.stdout
 
-    second = _driftloop("backfill", "--data", str(path))
+    second = driftloop("backfill", "--data", str(path))
     assert second.returncode == 0, second.stderr
     assert f"0 stored, {ROWS} already there" in second.stdout
     assert "nothing new: everything read was already in the store" in second.stdout
@@ -380,7 +367,7 @@ def test_cli_refuses_a_bad_table_in_one_line(
     table.loc[2, "tenure"] = ""
     path = _csv(table, tmp_path / "history.csv")
 
-    result = _driftloop("backfill", "--data", str(path))
+    result = driftloop("backfill", "--data", str(path))
 
     assert result.returncode == 1
     assert result.stderr.startswith(
@@ -392,7 +379,7 @@ def test_cli_refuses_a_bad_table_in_one_line(
 
 
 def test_cli_refuses_data_with_labels(cli_env: None, tmp_path: Path) -> None:
-    result = _driftloop(
+    result = driftloop(
         "backfill", "--data", str(tmp_path / "a.csv"), "--labels", str(tmp_path / "b.csv")
     )
     assert result.returncode == 1

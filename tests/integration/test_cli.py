@@ -9,22 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.cli import driftloop
+
 pytestmark = pytest.mark.integration
 
 
-def _driftloop(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "training.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_unreachable_database_is_one_line_and_exit_1(tmp_path: Path) -> None:
-    result = _driftloop(
+    result = driftloop(
         "status",
         DRIFTLOOP_HOME=str(tmp_path),
         DRIFTLOOP_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
@@ -39,7 +30,7 @@ def test_unreachable_database_is_one_line_and_exit_1(tmp_path: Path) -> None:
 def test_unwritable_data_dir_is_one_line_and_exit_1(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    result = _driftloop(
+    result = driftloop(
         "db", "start", DRIFTLOOP_HOME=str(locked / "home"), DRIFTLOOP_DATABASE_URL=""
     )
     assert result.returncode == 1
@@ -50,7 +41,7 @@ def test_unwritable_data_dir_is_one_line_and_exit_1(tmp_path: Path) -> None:
 def test_data_dir_that_is_a_file_is_one_line_and_exit_1(tmp_path: Path) -> None:
     blocker = tmp_path / "home"
     blocker.write_text("not a folder")
-    result = _driftloop(
+    result = driftloop(
         "db", "start", DRIFTLOOP_HOME=str(blocker / "sub"), DRIFTLOOP_DATABASE_URL=""
     )
     assert result.returncode == 1
@@ -63,7 +54,7 @@ def test_data_dir_that_is_a_file_is_one_line_and_exit_1(tmp_path: Path) -> None:
 def test_bad_spec_is_named(tmp_path: Path, store_url: str) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text("name: churn\nfeatures: []\n")
-    result = _driftloop(
+    result = driftloop(
         "status",
         DRIFTLOOP_HOME=str(tmp_path),
         DRIFTLOOP_DATABASE_URL=store_url,
@@ -75,7 +66,7 @@ def test_bad_spec_is_named(tmp_path: Path, store_url: str) -> None:
 
 
 def test_serve_without_a_champion_says_what_to_do(tmp_path: Path, store_url: str) -> None:
-    result = _driftloop("serve", DRIFTLOOP_HOME=str(tmp_path), DRIFTLOOP_DATABASE_URL=store_url)
+    result = driftloop("serve", DRIFTLOOP_HOME=str(tmp_path), DRIFTLOOP_DATABASE_URL=store_url)
     assert result.returncode == 1
     assert "no champion of churn with a Bento yet; run `driftloop demo` first" in result.stderr
 

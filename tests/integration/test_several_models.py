@@ -7,17 +7,16 @@ Yes/No target, then history whose labels arrive in the data's own words.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
 
+from tests.integration.cli import driftloop, query
 from tests.usertable import telco_table
 from training.airflow_local import DagTestResult, airflow_env, dag_test, migrate
 from training.settings import get_settings
@@ -55,23 +54,6 @@ gates:
   min_auc_gain: -0.2
   max_log_loss_increase: 0.5
 """
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "training.cli", *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        check=False,
-        timeout=600,
-    )
-
-
-def _query(sql: str, *params: object) -> list[tuple[Any, ...]]:
-    with connect(get_settings().database_url or "") as conn, conn.cursor() as cur:
-        cur.execute(sql, params)
-        return cur.fetchall()
 
 
 @pytest.fixture
@@ -140,18 +122,18 @@ def test_two_models_train_and_retrain_side_by_side(deployment: Path, tmp_path: P
 
     settings = get_settings()
     # Several models: the CLI refuses to guess.
-    ambiguous = _cli("serve")
+    ambiguous = driftloop("serve")
     assert ambiguous.returncode == 1
     assert "2 models (churn, telco); say which with --model" in ambiguous.stderr
 
     # The telco champion comes from a table with the CLI, as a user's first model does.
     table = tmp_path / "telco.csv"
     telco_table(3000, seed=1).to_csv(table, index=False)
-    trained = _cli("train", "--model", "telco", "--data", str(table))
+    trained = driftloop("train", "--model", "telco", "--data", str(table))
     assert trained.returncode == 0, trained.stdout + trained.stderr
     assert "time-ordered holdout" in trained.stdout
     assert "driftloop serve --model telco" in trained.stdout
-    [(telco_tag, telco_bento)] = _query(
+    [(telco_tag, telco_bento)] = query(
         "SELECT tag, bento_tag FROM model_versions WHERE model_name = 'telco'"
     )
     assert telco_bento.startswith("telco_service:")
@@ -197,9 +179,9 @@ def test_two_models_train_and_retrain_side_by_side(deployment: Path, tmp_path: P
 
     assert results["churn"].tasks["record_skip"] == "success"
     assert results["telco"].tasks["promote"] == "success"
-    runs = _query("SELECT model_name, decision FROM drift_runs ORDER BY model_name")
+    runs = query("SELECT model_name, decision FROM drift_runs ORDER BY model_name")
     assert runs == [("churn", "skip"), ("telco", "retrain")]
-    versions = _query(
+    versions = query(
         "SELECT model_name, version, status FROM model_versions ORDER BY model_name, version"
     )
     assert versions == [
@@ -212,8 +194,8 @@ def test_two_models_train_and_retrain_side_by_side(deployment: Path, tmp_path: P
     # and was judged only on rows the champion never trained on.
     from training.runs import read_frame
 
-    [(first_uri,)] = _query("SELECT train_data_uri FROM model_versions WHERE tag = %s", telco_tag)
-    [(second_uri,)] = _query(
+    [(first_uri,)] = query("SELECT train_data_uri FROM model_versions WHERE tag = %s", telco_tag)
+    [(second_uri,)] = query(
         "SELECT train_data_uri FROM model_versions WHERE model_name = 'telco' AND version = 2"
     )
     first_rows = set(read_frame(settings, first_uri)["request_id"])

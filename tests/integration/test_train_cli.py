@@ -5,17 +5,12 @@ Each test runs the real command (subprocess) against the session's PostgreSQL an
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.integration.cli import driftloop, query
 from tests.usertable import telco_table
-from training.settings import get_settings
-from training.store import connect
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,23 +57,6 @@ def _spec(
     return path
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "training.cli", *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        check=False,
-        timeout=600,
-    )
-
-
-def _query(sql: str, *params: object) -> list[tuple[Any, ...]]:
-    with connect(get_settings().database_url or "") as conn, conn.cursor() as cur:
-        cur.execute(sql, params)
-        return cur.fetchall()
-
-
 @pytest.fixture
 def models(env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "models"
@@ -97,12 +75,12 @@ def test_parquet_without_time_column_trains_logistic_regression_with_nulls_on_a_
     data = tmp_path / "telco.parquet"
     table.to_parquet(data)
 
-    result = _cli("train", "--data", str(data))  # one model: --model may be left out
+    result = driftloop("train", "--data", str(data))  # one model: --model may be left out
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "random holdout, 600 rows" in result.stdout
     assert "champion v1 of telco_lr: Bento telco_lr_service:" in result.stdout
-    [(status, metrics)] = _query("SELECT status, metrics FROM model_versions")
+    [(status, metrics)] = query("SELECT status, metrics FROM model_versions")
     assert status == "champion"
     assert metrics["roc_auc"] > 0.65
 
@@ -114,30 +92,30 @@ def test_a_first_model_below_its_floor_is_refused_and_nothing_is_registered(
     data = tmp_path / "telco.csv"
     telco_table(1500, seed=4).to_csv(data, index=False)
 
-    result = _cli("train", "--model", "strict", "--data", str(data))
+    result = driftloop("train", "--model", "strict", "--data", str(data))
 
     assert result.returncode == 1
     assert "driftloop: error: the first model of strict fails its gates: challenger ROC AUC" in (
         result.stderr
     )
     assert "Traceback" not in result.stderr
-    assert _query("SELECT count(*) FROM model_versions") == [(0,)]
+    assert query("SELECT count(*) FROM model_versions") == [(0,)]
 
 
 def test_a_new_model_by_hand_must_beat_the_champion(models: Path, tmp_path: Path) -> None:
     spec = _spec(models, "telco")
     data = tmp_path / "telco.csv"
     telco_table(2000, seed=5).to_csv(data, index=False)
-    assert _cli("train", "--data", str(data)).returncode == 0
+    assert driftloop("train", "--data", str(data)).returncode == 0
 
     # The same data again, but the new model must now beat the champion by a margin it cannot.
     spec.write_text(spec.read_text() + "  min_auc_gain: 0.2\n")
-    second = _cli("train", "--model", "telco", "--data", str(data))
+    second = driftloop("train", "--model", "telco", "--data", str(data))
 
     assert second.returncode == 1, second.stdout + second.stderr
     assert "champion " in second.stdout
     assert "not promoted: ROC AUC gain over champion" in second.stdout
-    versions = _query("SELECT version, status FROM model_versions ORDER BY version")
+    versions = query("SELECT version, status FROM model_versions ORDER BY version")
     assert versions == [(1, "champion"), (2, "rejected")]
 
 
@@ -161,7 +139,7 @@ def test_bad_rows_are_named(
     data = tmp_path / "telco.csv"
     table.to_csv(data, index=False)
 
-    result = _cli("train", "--data", str(data))
+    result = driftloop("train", "--data", str(data))
 
     assert result.returncode == 1
     assert message in result.stderr
@@ -170,10 +148,10 @@ def test_bad_rows_are_named(
 
 def test_missing_file_and_unknown_model_are_one_line_errors(models: Path, tmp_path: Path) -> None:
     _spec(models, "telco")
-    missing = _cli("train", "--data", str(tmp_path / "nope.csv"))
+    missing = driftloop("train", "--data", str(tmp_path / "nope.csv"))
     assert missing.returncode == 1
     assert missing.stderr.strip() == f"driftloop: error: {tmp_path / 'nope.csv'}: no such file"
-    unknown = _cli("train", "--model", "fraud", "--data", str(tmp_path / "nope.csv"))
+    unknown = driftloop("train", "--model", "fraud", "--data", str(tmp_path / "nope.csv"))
     assert unknown.returncode == 1
     assert "no model named 'fraud' (known: telco" in unknown.stderr
 
@@ -209,7 +187,7 @@ def test_train_from_a_sql_query(models: Path, database_url: str) -> None:
         )
         cur.executemany("INSERT INTO customers VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", rows)
 
-    result = _cli(
+    result = driftloop(
         "train",
         "--sql",
         'SELECT seniorcitizen AS "SeniorCitizen", tenure, internetservice AS "InternetService",'
