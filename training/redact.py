@@ -8,11 +8,12 @@ __all__ = ["HIDDEN", "redact_url"]
 
 HIDDEN = "***"
 
+# libpq's secrets: the password, and sslpassword (the client key's passphrase).
 # A password in a URL's query (``?password=...``), up to the next parameter or the fragment.
-_QUERY_PASSWORD = re.compile(r"(^|&)(password=)[^&#]*", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"(^|&)((?:ssl)?password=)[^&#]*", re.IGNORECASE)
 # A password in a libpq keyword/value string (``host=db password='a b' dbname=x``): a quoted value
 # (backslash escapes) or one word.
-_KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_KEYWORD_PASSWORD = re.compile(r"(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:

@@ -46,6 +46,16 @@ from training.redact import redact_url
             id="keyword-value",
         ),
         pytest.param(
+            "postgresql://loop@db/driftloop?sslkey=/k.pem&sslpassword=s3cret&sslmode=verify-full",
+            "postgresql://loop@db/driftloop?sslkey=/k.pem&sslpassword=***&sslmode=verify-full",
+            id="ssl-key-passphrase-in-the-query",
+        ),
+        pytest.param(
+            "host=db sslkey=/k.pem sslpassword=s3cret dbname=driftloop",
+            "host=db sslkey=/k.pem sslpassword=*** dbname=driftloop",
+            id="ssl-key-passphrase-keyword-value",
+        ),
+        pytest.param(
             "host=db password = 's3cret \\' and\\\\ more' dbname=driftloop",
             "host=db password = *** dbname=driftloop",
             id="keyword-value-quoted-with-escapes",
