@@ -266,11 +266,11 @@ def test_with_auth_on_a_store_outage_keeps_known_keys_predicting_and_metrics_scr
     from training.keys import create_key
     from training.store import connect
 
-    with connect(store.url) as conn:
-        predict = create_key(conn, "outage-app", ["predict"])[1]
-        admin = create_key(conn, "outage-scraper", ["admin"])[1]
-        unseen = create_key(conn, "outage-unseen", ["predict"])[1]
     with serving(champion, store, tmp_path / "home", auth="on", auth_cache_s="1") as server:
+        with connect(store.url) as conn:  # migrated by the server's start
+            predict = create_key(conn, "outage-app", ["predict"])[1]
+            admin = create_key(conn, "outage-scraper", ["admin"])[1]
+            unseen = create_key(conn, "outage-unseen", ["predict"])[1]
         with httpx.Client(base_url=server.url, timeout=30) as client:
 
             def call(token: str, path: str = "/predict") -> httpx.Response:
