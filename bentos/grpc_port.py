@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from training.settings import Settings
 
-__all__ = ["check_port", "http_host"]
+__all__ = ["check_port", "http_host", "warn_if_open"]
 
 log = logging.getLogger("driftloop.serve")
 
@@ -67,4 +67,27 @@ def check_port(settings: Settings) -> bool:
             )
             os.environ["DRIFTLOOP_GRPC_PORT"] = "0"
             return False
+    return True
+
+
+def warn_if_open(settings: Settings, host: str | None) -> bool:
+    """Log a warning when the API is open to the network: auth off and ``host`` not a loopback
+    address (``bentoml serve`` and the image listen on 0.0.0.0 unless told otherwise, while auth
+    is off by default for the local demo). Returns whether it warned."""
+    import ipaddress
+
+    if settings.auth == "on" or host is None:
+        return False
+    try:
+        if ipaddress.ip_address(host.split("%")[0]).is_loopback:
+            return False
+    except ValueError:
+        if host == "localhost":
+            return False
+    log.warning(
+        "DRIFTLOOP_AUTH is off and the API listens on %s: anyone who can reach this port may"
+        " predict and post labels that steer the next retrain. Set DRIFTLOOP_AUTH=on (and create"
+        " keys with driftloop keys create) before exposing it, or serve on 127.0.0.1.",
+        host,
+    )
     return True

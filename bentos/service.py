@@ -170,8 +170,11 @@ class ChurnService:
         ``bentoml serve`` worker only: an in-process app (tests, ``to_asgi``) serves HTTP alone."""
         from bentoml._internal.context import server_context
 
+        from bentos.grpc_port import http_host, warn_if_open
         from bentos.grpc_server import GrpcServer
 
+        if server_context.worker_index == 1:
+            warn_if_open(self.settings, http_host())
         if server_context.worker_index is not None:
             self.grpc_server = await GrpcServer.start(
                 self.predictor, self.feedback_desk, self.settings
