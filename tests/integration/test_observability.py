@@ -66,7 +66,7 @@ def test_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
         ["promtool", "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 10 rules found" in checked.stdout
+    assert "SUCCESS: 11 rules found" in checked.stdout
     tested = subprocess.run(
         ["promtool", "test", "rules", str(RULE_TESTS)],
         capture_output=True,
@@ -385,11 +385,12 @@ def test_alert_rules_evaluate_on_the_served_series(monitored: Monitored, traffic
         for group in rules["groups"]
         for rule in group["rules"]
     }
-    assert len(health) == 10
+    assert len(health) == 11
     assert all(state == "ok" for state, _ in health.values()), health
     firing = alerts()
     assert firing["DriftloopDriftShareHigh"] == "pending"
     for quiet in (
+        "DriftloopScrapeFailing",
         "DriftloopLogStoreDown",
         "DriftloopHighErrorRate",
         "DriftloopServingOldChampion",
