@@ -185,23 +185,20 @@ class Gate:
                 raise Refusal(
                     503,
                     {"error": "API keys cannot be checked now (the store is unavailable)"},
-                    {"Retry-After": "5"},
+                    {"Retry-After": "5", **_rate_headers(strikes.take(client, spend=False))},
                 ) from None
         decision = authorize(sent, needed, lambda key_id: key)
         if decision.status == 401:
-            strikes.take(client)
-            raise Refusal(401, {"error": decision.error}, {"WWW-Authenticate": "Bearer"})
+            # What the failure cost: the client's only view of the allowance that ends in 429.
+            spent = _rate_headers(strikes.take(client))
+            raise Refusal(401, {"error": decision.error}, {"WWW-Authenticate": "Bearer", **spent})
         assert decision.key is not None
         ring.used(decision.key.id)
         return decision
 
     @staticmethod
     def _refuse_if_over(allowance: Allowance, whose: str) -> dict[str, str]:
-        headers = {
-            "X-RateLimit-Limit": str(allowance.limit),
-            "X-RateLimit-Remaining": str(allowance.remaining),
-            "X-RateLimit-Reset": str(allowance.reset_s),
-        }
+        headers = _rate_headers(allowance)
         if not allowance.allowed:
             what = (
                 "rate limit of this API key exceeded"
@@ -256,6 +253,15 @@ class Gate:
             self._strikes = RateLimiter(settings.auth_fail_rate, settings.auth_fail_burst)
             self._ring = ring
             return ring
+
+
+def _rate_headers(allowance: Allowance) -> dict[str, str]:
+    """The ``X-RateLimit-*`` headers of a key's bucket, or of an address's failed attempts."""
+    return {
+        "X-RateLimit-Limit": str(allowance.limit),
+        "X-RateLimit-Remaining": str(allowance.remaining),
+        "X-RateLimit-Reset": str(allowance.reset_s),
+    }
 
 
 class Access:

@@ -56,7 +56,7 @@ def test_no_key_401_wrong_scope_403_good_key_200(secured: Secured) -> None:
     assert missing.headers["www-authenticate"] == "Bearer"
     wrong = secured.post("/predict", EXAMPLE, authorization="Bearer dl_0123456789ab_" + "x" * 43)
     assert wrong.status_code == 401
-    assert "X-RateLimit-Limit" not in wrong.headers
+    assert wrong.headers["www-authenticate"] == "Bearer"
 
     predicted = secured.post("/predict", EXAMPLE, key="predictor")
     assert predicted.status_code == 200, predicted.text
@@ -194,3 +194,22 @@ def test_guessing_keys_from_one_address_gets_429_and_others_go_on(secured: Secur
     assert "without a valid API key from this address" in limited.json()["error"]
     assert int(limited.headers["retry-after"]) >= 1
     assert secured.post("/predict", EXAMPLE, key="both").status_code == 200
+
+
+def test_a_401_carries_the_allowance_of_its_address(secured: Secured) -> None:
+    """A request without a valid key spends a token of its address's bucket, and its 401 says how
+    many are left (``X-RateLimit-*``), as every answer of a limited route does. Sent from
+    127.0.0.3, an address of its own: a full bucket of 20 at first."""
+    with httpx.Client(
+        transport=httpx.HTTPTransport(local_address="127.0.0.3"), timeout=30
+    ) as stranger:
+        first = stranger.post(f"{secured.url}/predict", json=EXAMPLE)
+        second = stranger.get(f"{secured.url}/metrics")
+
+    assert (first.status_code, second.status_code) == (401, 401)
+    assert first.headers["www-authenticate"] == "Bearer"
+    assert first.headers["x-ratelimit-limit"] == "20"
+    assert first.headers["x-ratelimit-remaining"] == "19"
+    assert int(first.headers["x-ratelimit-reset"]) >= 1
+    assert second.headers["x-ratelimit-remaining"] in ("18", "19")  # a token back after 1 s
+
