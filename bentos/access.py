@@ -11,8 +11,8 @@ Which routes need what: ``/predict*`` the ``predict`` scope, ``/feedback*`` ``fe
 ``/readyz`` and ``/livez`` stay open (orchestrators probe them without credentials), and so do
 ``/docs.json`` and the Swagger UI: the document holds no data, and a client needs it to learn how to
 authenticate. An ``admin`` key may use every route. With auth on, the document served there says
-so (:func:`secure_document`: the security schemes, and the 401, 403 and 429 answers with their
-headers).
+so (:func:`secure_document`: the security schemes, the 401, 403, 429 and 503 answers, and the
+rate-limit headers on every answer).
 
 A request that passes carries its key's id in :func:`current_key_id` (a context variable), which the
 feedback routes record with each label.
@@ -79,19 +79,26 @@ def route_scope(path: str) -> KeyScope | None:
 def secure_document(document: dict[str, Any]) -> dict[str, Any]:
     """The service's OpenAPI document (``/docs.json``) as served with auth on: the two security
     schemes, required by every route that needs a key, whose answers gain :data:`AUTH_ERRORS` and
-    the rate-limit headers."""
+    all carry the rate-limit headers (:class:`Access` adds the key's to whatever the route answers;
+    a 401 or 503 of the gate carries its address's)."""
     document.setdefault("components", {})["securitySchemes"] = SECURITY
+    rate_headers = {name: HEADERS[name] for name in RATE_HEADERS}
     for path, operations in document.get("paths", {}).items():
         if route_scope(path) is None:
             continue
         for operation in operations.values():
             operation["security"] = [{name: []} for name in SECURITY]
             responses = operation.setdefault("responses", {})
-            ok = responses.get("200")
-            if ok is not None:
-                ok["headers"] = {**ok.get("headers", {}), **{h: HEADERS[h] for h in RATE_HEADERS}}
             for error in AUTH_ERRORS:
-                responses[str(error.status)] = error.response(too_large="")
+                answer = error.response(too_large="")
+                route_s = responses.get(str(error.status))
+                if route_s is not None:
+                    # The API routes' own 503: one status, either reason.
+                    answer["description"] = f"{route_s['description']} Or: {answer['description']}"
+                    answer["headers"] = {**route_s.get("headers", {}), **answer["headers"]}
+                responses[str(error.status)] = answer
+            for answer in responses.values():
+                answer["headers"] = {**answer.get("headers", {}), **rate_headers}
             operation["responses"] = dict(sorted(responses.items()))
     return document
 
@@ -185,23 +192,20 @@ class Gate:
                 raise Refusal(
                     503,
                     {"error": "API keys cannot be checked now (the store is unavailable)"},
-                    {"Retry-After": "5"},
+                    {"Retry-After": "5", **_rate_headers(strikes.take(client, spend=False))},
                 ) from None
         decision = authorize(sent, needed, lambda key_id: key)
         if decision.status == 401:
-            strikes.take(client)
-            raise Refusal(401, {"error": decision.error}, {"WWW-Authenticate": "Bearer"})
+            # What the failure cost: the client's only view of the allowance that ends in 429.
+            spent = _rate_headers(strikes.take(client))
+            raise Refusal(401, {"error": decision.error}, {"WWW-Authenticate": "Bearer", **spent})
         assert decision.key is not None
         ring.used(decision.key.id)
         return decision
 
     @staticmethod
     def _refuse_if_over(allowance: Allowance, whose: str) -> dict[str, str]:
-        headers = {
-            "X-RateLimit-Limit": str(allowance.limit),
-            "X-RateLimit-Remaining": str(allowance.remaining),
-            "X-RateLimit-Reset": str(allowance.reset_s),
-        }
+        headers = _rate_headers(allowance)
         if not allowance.allowed:
             what = (
                 "rate limit of this API key exceeded"
@@ -256,6 +260,15 @@ class Gate:
             self._strikes = RateLimiter(settings.auth_fail_rate, settings.auth_fail_burst)
             self._ring = ring
             return ring
+
+
+def _rate_headers(allowance: Allowance) -> dict[str, str]:
+    """The ``X-RateLimit-*`` headers of a key's bucket, or of an address's failed attempts."""
+    return {
+        "X-RateLimit-Limit": str(allowance.limit),
+        "X-RateLimit-Remaining": str(allowance.remaining),
+        "X-RateLimit-Reset": str(allowance.reset_s),
+    }
 
 
 class Access:

@@ -183,7 +183,11 @@ ERRORS: tuple[ErrorResponse, ...] = (
         413,
         "The body is {too_large}. Nothing was recorded.",
     ),
-    ErrorResponse(415, "The body was not sent as `application/json`. Nothing was recorded."),
+    ErrorResponse(
+        415,
+        "The body was not sent as `application/json` (or the `Content-Type` header holds a "
+        "byte that is not printable ASCII). Nothing was recorded.",
+    ),
     ErrorResponse(
         500,
         "A bug, never an answer to bad input: the server log has the details. Nothing was "
@@ -222,6 +226,12 @@ AUTH_ERRORS: tuple[ErrorResponse, ...] = (
         "The API key sent more than its rate. Nothing was recorded: send it again after "
         "`Retry-After` seconds.",
         headers=("Retry-After", *RATE_HEADERS),
+    ),
+    ErrorResponse(
+        503,
+        "The API key cannot be checked now: the store is unavailable and this worker has not "
+        "checked the key lately. Nothing was recorded: send it again after `Retry-After` seconds.",
+        headers=("Retry-After",),
     ),
 )
 

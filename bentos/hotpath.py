@@ -11,9 +11,10 @@ declarations (``svc.apis[...].input_spec``), and the same answers.
 The other API routes (``/feedback``, ``/feedback_batch``) are checked here the same way (JSON only,
 a body limit, validation with their input models) and only valid requests go on to BentoML's app,
 so every API route answers bad input alike (:mod:`bentos.contract`), BentoML never logs a traceback
-for a client's mistake, and nothing a client sends reaches a log line unescaped. ``GET /docs.json``
-is answered with BentoML's document patched to say so; everything else (the Swagger UI page,
-``/readyz``, ``/metrics``) goes to BentoML's app unchanged.
+for a client's mistake, and nothing a client sends reaches a log line unescaped (every route
+refuses a ``Content-Type`` that is not printable ASCII, which BentoML's access log would choke on
+or write as it is). ``GET /docs.json`` is answered with BentoML's document patched to say so;
+everything else (the Swagger UI page, ``/readyz``, ``/metrics``) goes to BentoML's app unchanged.
 
 The price: BentoML's access log, request metrics and traces do not see the prediction routes, nor
 any refusal made here. Refusals are logged here instead (one line each, no traceback, the client's
@@ -87,6 +88,27 @@ def _media_type(scope: Scope) -> str:
             return str(value.decode("latin-1").split(";")[0].strip().lower())
     # BentoML reads a body without a content type as JSON; so do we.
     return "application/json"
+
+
+def _unreadable_content_type(scope: Scope) -> Refusal | None:
+    """The 415 for a ``Content-Type`` that is not printable ASCII (tabs allowed), else None.
+
+    Media types are ASCII. BentoML's access log decodes the header as UTF-8 and writes it as it
+    is: another byte failed there after the answer's headers were sent (an ERROR traceback, and a
+    client left without a body), and a decodable one would reach the log unescaped.
+    """
+    for name, value in scope["headers"]:
+        if name == b"content-type" and not (
+            value.isascii() and value.decode("ascii").replace("\t", " ").isprintable()
+        ):
+            return Refusal(
+                415,
+                {
+                    "error": "the Content-Type header holds a character that is not printable "
+                    "ASCII; send application/json"
+                },
+            )
+    return None
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
@@ -178,6 +200,9 @@ class HotPath:
         try:
             if scope["method"] != "POST":
                 raise Refusal(405, {"error": f"{scope['path']} takes POST only"}, {"Allow": "POST"})
+            unreadable = _unreadable_content_type(scope)
+            if unreadable is not None:
+                raise unreadable
             media_type = _media_type(scope)
             if media_type != "application/json":
                 raise Refusal(
@@ -212,6 +237,11 @@ class HotPath:
         """Any request but an API route's: the document, or BentoML's app."""
         if scope["type"] == "http":
             path: str = scope["path"]
+            unreadable = _unreadable_content_type(scope)
+            if unreadable is not None:
+                await _send_json(send, unreadable.status, unreadable.body)
+                _log_refusal(scope, unreadable.status, time.perf_counter(), unreadable.body)
+                return
             if path == DOCS_PATH and scope["method"] == "GET":
                 await _send_json(send, 200, self._openapi())
                 return

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from bentos.contract import RATE_HEADERS
 from tests.integration.test_service import EXAMPLE, KeySpec, keyed_server, query
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -39,6 +40,7 @@ def secured(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         ("revoked", ["predict"], None),
         ("slow", ["predict"], 2.0),
         ("admin", ["admin"], None),
+        ("single", ["predict"], 1.0),
     ]
     home = tmp_path_factory.mktemp("access-home")
     with keyed_server(server_url, home, keys, DRIFTLOOP_AUTH_CACHE_S=str(CACHE_S)) as (
@@ -56,7 +58,7 @@ def test_no_key_401_wrong_scope_403_good_key_200(secured: Secured) -> None:
     assert missing.headers["www-authenticate"] == "Bearer"
     wrong = secured.post("/predict", EXAMPLE, authorization="Bearer dl_0123456789ab_" + "x" * 43)
     assert wrong.status_code == 401
-    assert "X-RateLimit-Limit" not in wrong.headers
+    assert wrong.headers["www-authenticate"] == "Bearer"
 
     predicted = secured.post("/predict", EXAMPLE, key="predictor")
     assert predicted.status_code == 200, predicted.text
@@ -194,3 +196,91 @@ def test_guessing_keys_from_one_address_gets_429_and_others_go_on(secured: Secur
     assert "without a valid API key from this address" in limited.json()["error"]
     assert int(limited.headers["retry-after"]) >= 1
     assert secured.post("/predict", EXAMPLE, key="both").status_code == 200
+
+
+def test_a_401_carries_the_allowance_of_its_address(secured: Secured) -> None:
+    """A request without a valid key spends a token of its address's bucket, and its 401 says how
+    many are left (``X-RateLimit-*``), as every answer of a limited route does. Sent from
+    127.0.0.3, an address of its own: a full bucket of 20 at first."""
+    with httpx.Client(
+        transport=httpx.HTTPTransport(local_address="127.0.0.3"), timeout=30
+    ) as stranger:
+        first = stranger.post(f"{secured.url}/predict", json=EXAMPLE)
+        second = stranger.get(f"{secured.url}/metrics")
+
+    assert (first.status_code, second.status_code) == (401, 401)
+    assert first.headers["www-authenticate"] == "Bearer"
+    assert first.headers["x-ratelimit-limit"] == "20"
+    assert first.headers["x-ratelimit-remaining"] == "19"
+    assert int(first.headers["x-ratelimit-reset"]) >= 1
+    assert second.headers["x-ratelimit-remaining"] in ("18", "19")  # a token back after 1 s
+
+
+# The headers whose presence the document declares (all of them required when declared).
+DECLARED = (
+    "retry-after",
+    "www-authenticate",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+)
+
+
+def test_every_answer_carries_exactly_the_headers_the_document_declares(
+    secured: Secured,
+) -> None:
+    """With auth on, each answer of a keyed route provoked here (each status but the 5xx ones)
+    carries exactly the headers ``/docs.json`` declares for its route and status: the
+    ``X-RateLimit-*`` ones on all of them, the key's or (401) its address's."""
+    document = httpx.get(f"{secured.url}/docs.json", timeout=10).json()
+    admin = {"authorization": f"Bearer {secured.tokens['admin']}"}
+    predictor = {"authorization": f"Bearer {secured.tokens['predictor']}"}
+    label = {"request_id": "contract-ghost", "label": 1}
+    within_rate = secured.post("/predict", EXAMPLE, key="single")
+    answers: dict[tuple[str, int], httpx.Response] = {
+        ("/predict", 200): secured.post("/predict", EXAMPLE, key="predictor"),
+        ("/predict", 400): secured.post("/predict", {}, key="predictor"),
+        ("/predict", 401): secured.post("/predict", EXAMPLE),
+        ("/predict", 413): secured.post("/predict", {"x": "x" * 20_000}, key="predictor"),
+        ("/predict", 415): httpx.post(
+            f"{secured.url}/predict",
+            content=b"{}",
+            headers={**predictor, "content-type": "text/plain"},
+            timeout=30,
+        ),
+        ("/predict", 429): secured.post("/predict", EXAMPLE, key="single"),
+        ("/feedback", 403): secured.post("/feedback", label, key="predictor"),
+        ("/feedback", 404): secured.post("/feedback", label, key="both"),
+        ("/feedback_batch", 400): secured.post("/feedback_batch", {"labels": []}, key="both"),
+        ("/metrics", 200): httpx.get(f"{secured.url}/metrics", headers=admin, timeout=30),
+        ("/metrics", 401): httpx.get(f"{secured.url}/metrics", timeout=30),
+        ("/metrics", 403): httpx.get(f"{secured.url}/metrics", headers=predictor, timeout=30),
+    }
+    assert within_rate.status_code == 200, within_rate.text
+
+    for (path, status), response in answers.items():
+        assert response.status_code == status, (path, status, response.text)
+        operation = next(iter(document["paths"][path].values()))
+        declared = {name.lower() for name in operation["responses"][str(status)]["headers"]}
+        sent = {name for name in DECLARED if name in response.headers}
+        assert sent == declared, (path, status)
+    # A method with no operation in the document (nowhere to declare it) is limited all the same.
+    wrong_method = httpx.get(f"{secured.url}/predict", headers=predictor, timeout=30)
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "POST"
+    assert "x-ratelimit-remaining" in wrong_method.headers
+
+
+def test_the_document_declares_the_503_of_keys_that_cannot_be_checked(secured: Secured) -> None:
+    """The store down, a key not checked recently is a 503 (``Retry-After``, and the address's
+    ``X-RateLimit-*``) on every keyed route, /metrics included (its answers are tested with a
+    stopped store in test_serving_path and test_keys)."""
+    document = httpx.get(f"{secured.url}/docs.json", timeout=10).json()
+    for path in ("/predict", "/predict_batch", "/feedback", "/feedback_batch", "/metrics"):
+        operation = next(iter(document["paths"][path].values()))
+        unavailable = operation["responses"]["503"]
+        assert "API key cannot be checked" in unavailable["description"], path
+        assert set(unavailable["headers"]) == {"Retry-After", *RATE_HEADERS}, path
+        assert unavailable["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"
+        }

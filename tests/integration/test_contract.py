@@ -220,6 +220,46 @@ def test_a_path_with_a_newline_is_a_404_and_forges_no_log_line(served: Served) -
     assert [line for line in text.splitlines() if line.startswith(FORGED[:30])] == [], text
 
 
+@pytest.mark.parametrize(
+    ("method", "route", "content_type"),
+    [
+        *(
+            pytest.param("POST", route, b"application/json; charset=\xe9", id=f"{route}-latin-1")
+            for route in ROUTES
+        ),
+        pytest.param("POST", "/feedback", "application/json; charset=é".encode(), id="utf-8"),
+        pytest.param("GET", "/schema.json", b"\x85", id="/schema.json"),
+        pytest.param("GET", "/readyz", b"application/json; charset=\xe9", id="/readyz"),
+        pytest.param("GET", "/metrics", b"text/plain\xff", id="/metrics"),
+    ],
+)
+def test_a_content_type_that_is_not_ascii_is_a_415_in_one_info_line_on_every_route(
+    served: Served, method: str, route: str, content_type: bytes
+) -> None:
+    """A byte outside printable ASCII in ``Content-Type`` is a 415 in the one error shape, on
+    every route, logged as one INFO line. BentoML's access log decodes the header as UTF-8: such a
+    request used to log ~75 lines of ERROR tracebacks and leave the client headers without a body."""
+    offset = len(served.log_text())
+
+    response = httpx.request(
+        method,
+        f"{served.url}{route}",
+        content=json.dumps(VALID.get(route, {})).encode() if method == "POST" else None,
+        headers={"content-type": content_type},
+        timeout=30,
+    )
+
+    error = _assert_error_shape(response, 415)
+    assert "Content-Type" in error["error"], error
+    needle = f"{method} {route} (status=415)"
+    text = _log_since(served, offset, needle)
+    refusals = [line for line in text.splitlines() if needle in line]
+    assert len(refusals) == 1, text[-3000:]
+    assert "[INFO]" in refusals[0], refusals[0]
+    assert "Traceback" not in text, text[-3000:]
+    assert re.search(r"^\S+ \[ERROR\]", text, flags=re.MULTILINE) is None, text[-3000:]
+
+
 def _operations(document: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     for path, item in document["paths"].items():
         if "post" in item:

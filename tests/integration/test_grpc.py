@@ -290,12 +290,16 @@ def test_a_label_left_unset_is_named(served: GrpcServed) -> None:
 
 
 def test_no_key_wrong_key_and_wrong_scope(served: GrpcServed) -> None:
-    """No key or an unknown one: UNAUTHENTICATED; a key without the scope: PERMISSION_DENIED (with
-    the rate-limit metadata, as HTTP's 403 has its headers); x-api-key metadata works too."""
+    """No key or an unknown one: UNAUTHENTICATED (with its address's rate-limit metadata); a key
+    without the scope: PERMISSION_DENIED (with the key's), as HTTP's 401 and 403 have their
+    headers; x-api-key metadata works too."""
     with served.client(key=None) as anonymous, pytest.raises(CallError) as refused:
         anonymous.predict(EXAMPLE)
     assert _code(refused) == "UNAUTHENTICATED"
     assert refused.value.message.startswith("an API key is required")
+    assert refused.value.metadata["www-authenticate"] == "Bearer"
+    assert refused.value.metadata["x-ratelimit-limit"] == "20"
+    assert "x-ratelimit-remaining" in refused.value.metadata
     with (
         ModelClient(served.target, api_key="dl_0123456789ab_" + "x" * 43) as wrong,
         pytest.raises(CallError) as refused,

@@ -148,3 +148,45 @@ def test_the_gate_limits_failed_attempts_per_address_before_any_lookup(
         assert asyncio.run(attempt(_bogus_token(99), "10.0.0.2")) == 401
     finally:
         gate.close()
+
+
+def test_the_gates_401_and_503_carry_the_allowance_of_the_address(tmp_path: Path) -> None:
+    """:class:`bentos.access.Gate` with its store unreachable (nothing listens on port 1): no key
+    is a 401 that spends a token of the address's bucket; a key it cannot look up is a 503 that
+    spends none. Both carry the bucket's ``X-RateLimit-*`` (which gRPC sends as metadata)."""
+    import asyncio
+
+    from bentos.access import Gate
+    from bentos.hotpath import Refusal
+    from training.settings import Settings
+
+    gate = Gate(
+        Settings(
+            home=tmp_path,
+            database_url="postgresql://driftloop@127.0.0.1:1/nowhere",
+            auth="on",
+            auth_fail_burst=3,
+            db_connect_timeout_s=1,
+        )
+    )
+    gate._start()
+
+    async def refusal(sent: str | None) -> Refusal:
+        with pytest.raises(Refusal) as refused:
+            await gate.admit(sent, "predict", "10.0.0.1")
+        return refused.value
+
+    try:
+        missing = asyncio.run(refusal(None))
+        unchecked = asyncio.run(refusal(_bogus_token(1)))
+    finally:
+        gate.close()
+    assert missing.status == 401
+    assert missing.headers["WWW-Authenticate"] == "Bearer"
+    assert missing.headers["X-RateLimit-Limit"] == "3"
+    assert missing.headers["X-RateLimit-Remaining"] == "2"
+    assert int(missing.headers["X-RateLimit-Reset"]) >= 1
+    assert unchecked.status == 503, unchecked.body
+    assert unchecked.headers["Retry-After"] == "5"
+    assert unchecked.headers["X-RateLimit-Limit"] == "3"
+    assert unchecked.headers["X-RateLimit-Remaining"] == "2"
