@@ -76,12 +76,25 @@ def _refuse_nul(cls: type[BaseModel], value: Any) -> Any:
     return value
 
 
+# What _refuse_nul lets through, as the document says it (a client or a fuzzer reading the schema
+# then never sends what the service refuses).
+NO_NUL = "^[^\\u0000]*$"
+
+
+def _no_nul_schema(schema: dict[str, Any]) -> None:
+    for prop in schema.get("properties", {}).values():
+        for option in [prop, *prop.get("anyOf", [])]:
+            if option.get("type") == "string" and "enum" not in option:
+                option["pattern"] = NO_NUL
+
+
 # The spec's request schema (same name, fields and JSON schema), refusing what the store cannot hold.
 Request = create_model(
     SPEC.request_model.__name__,
     __base__=SPEC.request_model,
     __validators__={"refuse_nul": field_validator("*")(_refuse_nul)},
 )
+Request.model_config["json_schema_extra"] = _no_nul_schema
 
 
 # Features a request may send as null or leave out.
@@ -141,7 +154,10 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     request_id: str = Field(
-        min_length=1, max_length=128, description="the request_id of the prediction"
+        min_length=1,
+        max_length=128,
+        description="the request_id of the prediction",
+        json_schema_extra={"pattern": NO_NUL},
     )
     # Text, number or boolean, as the user's data has it; stored normalised to 0/1 with the value
     # as sent beside it. An unknown one is a 400 naming the field and what it accepts.

@@ -302,6 +302,22 @@ def test_the_document_describes_every_answer_of_the_api_routes(served: Served) -
         {"type": "integer", "enum": [0, 1]},
         {"type": "string", "enum": ["1", "0"]},
     ]
+    # The service refuses U+0000 in any text (the store cannot hold it): the document says so.
+    record_ref = schemas["PredictBatchRequest"]["properties"]["records"]["items"]["$ref"]
+    request = schemas[record_ref.removeprefix(REF)]
+    texts = [
+        option
+        for prop in [
+            *request["properties"].values(),
+            schemas["FeedbackRequest"]["properties"]["request_id"],
+        ]
+        for option in [prop, *prop.get("anyOf", [])]
+        if option.get("type") == "string" and "enum" not in option
+    ]
+    assert texts
+    for text in texts:
+        assert not re.fullmatch(text["pattern"], "a\x00b"), text
+        assert re.fullmatch(text["pattern"], "north"), text
     batch = document["paths"]["/predict_batch"]["post"]["requestBody"]["content"]
     assert batch["application/json"]["schema"] == {"$ref": REF + "PredictBatchRequest"}
     records = schemas["PredictBatchRequest"]["properties"]["records"]
