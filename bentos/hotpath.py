@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from bentos.predictor import Predictor
 
-__all__ = ["HotPath", "Refusal", "bind", "refusal"]
+__all__ = ["HotPath", "Refusal", "bind", "quiet_malformed_http", "refusal"]
 
 log = logging.getLogger("driftloop.serve")
 
@@ -66,6 +66,24 @@ def bind(predictor: Predictor | None, max_records: int) -> None:
     global _predictor, _max_records
     _predictor = predictor
     _max_records = max_records
+
+
+class _ClientErrorAtInfo(logging.Filter):
+    """uvicorn logs a request it cannot parse at WARNING (and answers it 400): the client's
+    mistake, logged at INFO like every other refusal, so that WARNING stays the server's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and record.getMessage().startswith(
+            "Invalid HTTP request received"
+        ):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def quiet_malformed_http(logger: logging.Logger) -> None:
+    """Log uvicorn's "Invalid HTTP request received." on ``logger`` at INFO (once per logger)."""
+    if not any(isinstance(f, _ClientErrorAtInfo) for f in logger.filters):
+        logger.addFilter(_ClientErrorAtInfo())
 
 
 class Refusal(Exception):

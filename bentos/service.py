@@ -96,6 +96,7 @@ class ChurnService:
         # routes' refusals and the log writer's recoveries are INFO worth keeping.
         logging.getLogger("driftloop").setLevel(logging.INFO)
         logging.getLogger("bentos").setLevel(logging.INFO)
+        hotpath.quiet_malformed_http(logging.getLogger("uvicorn.error"))
         pipeline = joblib.load(self.model_ref.path_of(MODEL_FILE))
         # Score with the spec the model was trained with (its threshold, its feature types): the
         # one the request schema was built from at import, model_ref's own.

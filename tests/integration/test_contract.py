@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -218,6 +219,24 @@ def test_a_path_with_a_newline_is_a_404_and_forges_no_log_line(served: Served) -
     assert sentinel.status_code == 400
     text = _log_since(served, offset, "POST /predict (status=400)")
     assert [line for line in text.splitlines() if line.startswith(FORGED[:30])] == [], text
+
+
+def test_a_request_that_is_not_http_is_a_400_logged_at_info(served: Served) -> None:
+    """uvicorn answers bytes it cannot parse as HTTP with a 400; the log says so at INFO (a
+    client's mistake, as every refusal), not WARNING."""
+    offset = len(served.log_text())
+    host, port = served.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(b"NOT HTTP AT ALL\x00\r\n\r\n")
+        answer = conn.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    sentinel = httpx.post(f"{served.url}/predict", content=b"[]", timeout=30)
+    assert sentinel.status_code == 400
+    text = _log_since(served, offset, "POST /predict (status=400)")
+    lines = [line for line in text.splitlines() if "Invalid HTTP request received" in line]
+    assert lines, text[-3000:]
+    assert all("[INFO]" in line for line in lines), lines
+    assert "[WARNING]" not in text, text[-3000:]
 
 
 @pytest.mark.parametrize(
