@@ -64,6 +64,8 @@ CODES: dict[int, Any] = {
     401: grpc.StatusCode.UNAUTHENTICATED,
     403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
+    # gRPC's own code for a message over its size limit.
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
@@ -153,6 +155,29 @@ def _trailing(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple((name.lower(), value) for name, value in headers.items())
 
 
+def _check_size(message: Any, items: int, what: str) -> None:
+    """HTTP's body limit, per call: ``MAX_ITEM_BYTES`` for each record or label it carries.
+
+    The server's own message limit has to fit the largest batch, 1,000 times a single record's
+    limit; without this a Predict of 16 MB (a record with 100,000 unknown fields, say) would hold
+    the worker's event loop while it is validated. Checked once the key is, so an anonymous caller
+    learns nothing about the limits.
+
+    Raises:
+        Refusal: 413 (RESOURCE_EXHAUSTED), naming the size and the limit.
+    """
+    limit = MAX_ITEM_BYTES * max(1, items)
+    size = int(message.ByteSize())
+    if size > limit:
+        raise Refusal(
+            413,
+            {
+                "error": f"message of {size:,} bytes is over the {limit:,} bytes {max(1, items)} "
+                f"{what} may take ({MAX_ITEM_BYTES:,} per record or label); split the request"
+            },
+        )
+
+
 class ModelService(pb_grpc.ModelServiceServicer):
     """The RPCs of ``driftloop.v1.ModelService``, answered with the worker's own parts."""
 
@@ -166,6 +191,7 @@ class ModelService(pb_grpc.ModelServiceServicer):
 
     async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.Prediction:
         async def work(_: str | None) -> pb.Prediction:
+            _check_size(request, 1, "record")
             parsed = validate(PredictEnvelope, {"features": record_of(request.features)})
             try:
                 answer = await self.predictor.predict_one(parsed.features.__dict__)
@@ -188,6 +214,7 @@ class ModelService(pb_grpc.ModelServiceServicer):
                         f"{len(request.records)}; split the batch"
                     },
                 )
+            _check_size(request, len(request.records), "records")
             parsed = validate(
                 PredictBatchRequest, {"records": [record_of(r) for r in request.records]}
             )
@@ -203,6 +230,7 @@ class ModelService(pb_grpc.ModelServiceServicer):
 
     async def Feedback(self, request: pb.FeedbackRequest, context: Any) -> pb.FeedbackResponse:
         async def work(key_id: str | None) -> pb.FeedbackResponse:
+            _check_size(request, len(request.labels), "labels")
             parsed = validate(
                 FeedbackBatchRequest, {"labels": [label_of(item) for item in request.labels]}
             )

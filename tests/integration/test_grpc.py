@@ -255,6 +255,33 @@ def test_missing_features_and_bad_batches_name_the_field(served: GrpcServed) -> 
         )
 
 
+def test_a_message_over_16_kib_per_record_or_label_is_resource_exhausted(
+    served: GrpcServed,
+) -> None:
+    """HTTP's body limit holds per call: 16 KiB for each record or label a message carries
+    (the server's own limit must fit a batch of 1,000); over it, RESOURCE_EXHAUSTED naming the
+    size, before the message is validated, and nothing is stored."""
+    padding = "x" * 17_000
+    before = settled(served.database_url)
+    with served.client() as client:
+        with pytest.raises(CallError) as refused:
+            client.predict({**EXAMPLE, "notes": padding})
+        assert _code(refused) == "RESOURCE_EXHAUSTED", refused.value
+        assert "over the 16,384 bytes 1 record may take" in refused.value.message
+        with pytest.raises(CallError) as refused:
+            client.predict_batch([EXAMPLE, {**EXAMPLE, "notes": padding * 2}])
+        assert _code(refused) == "RESOURCE_EXHAUSTED", refused.value
+        assert "over the 32,768 bytes 2 records may take" in refused.value.message
+        with pytest.raises(CallError) as refused:
+            client.feedback_batch([("r" * 17_000, 1)])
+        assert _code(refused) == "RESOURCE_EXHAUSTED", refused.value
+        # Under the limit, the same extra field is named as unknown.
+        with pytest.raises(CallError) as refused:
+            client.predict({**EXAMPLE, "notes": "short"})
+        assert _code(refused) == "INVALID_ARGUMENT", refused.value
+    assert settled(served.database_url) == before
+
+
 @pytest.mark.parametrize(
     ("labels", "field"),
     [
