@@ -282,12 +282,14 @@ class KeyRing:
         clock: Callable[[], float] = time.monotonic,
         stale_s: float = 3600.0,
         retry_s: float = 2.0,
+        max_entries: int = 10_000,
     ) -> None:
         self._load = load
         self._write_uses = write_uses
         self.ttl_s = ttl_s
         self.stale_s = stale_s
         self.retry_s = retry_s
+        self.max_entries = max_entries
         self._store_down_until = float("-inf")
         self.flush_s = flush_s
         self._clock = clock
@@ -322,9 +324,13 @@ class KeyRing:
             self._store_down_until = self._clock() + self.retry_s
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             return self._stale(key_id, reason)
-        # Bound the cache: ids are client input, and unknown ones are cached too.
-        if len(self._cache) > 10_000:
-            self._cache.clear()
+        # Bound the cache: ids are client input, and unknown ones are cached too. Guesses go
+        # first, so a flood of them cannot evict the real keys (whose last answers are what a
+        # store outage is served from).
+        if len(self._cache) > self.max_entries:
+            self._cache = {k: v for k, v in self._cache.items() if v[1] is not None}
+            if len(self._cache) > self.max_entries:
+                self._cache.clear()
         self._cache[key_id] = (self._clock(), key)
         return key
 

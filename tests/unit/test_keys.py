@@ -136,6 +136,26 @@ def test_key_ring_answers_from_its_last_lookup_while_the_store_is_down() -> None
     assert ring.find("neverseen000") is None
 
 
+def test_a_flood_of_unknown_ids_does_not_evict_the_real_keys() -> None:
+    """Past its bound the cache drops the ids that name no key first: a key looked up before the
+    flood still answers from the cache (and so through a store outage)."""
+    clock = Clock()
+    down = [False]
+
+    def load(key_id: str) -> ApiKey | None:
+        if down[0]:
+            raise OSError("connection refused")
+        return _key({"predict"}) if key_id == "0123456789ab" else None
+
+    ring = KeyRing(load, lambda uses: None, ttl_s=10, clock=clock, max_entries=100)
+    assert ring.find("0123456789ab") is not None
+    for n in range(150):
+        assert ring.find(f"guess{n:07d}") is None
+    down[0] = True
+    clock.now = 30.0
+    assert ring.find("0123456789ab") is not None
+
+
 def test_key_ring_with_no_staleness_refuses_once_the_store_is_down() -> None:
     clock = Clock()
     down = [False]
