@@ -209,6 +209,13 @@ ERRORS: tuple[ErrorResponse, ...] = (
 )
 
 
+# What the routes other than the API's answer a Content-Type that is not printable ASCII (which
+# BentoML's access log would crash on).
+UNREADABLE_CONTENT_TYPE = ErrorResponse(
+    415, "The `Content-Type` header holds a byte that is not printable ASCII."
+)
+
+
 # The answers of API keys and rate limits (bentos.access), documented when DRIFTLOOP_AUTH=on.
 AUTH_ERRORS: tuple[ErrorResponse, ...] = (
     ErrorResponse(
@@ -341,6 +348,7 @@ def openapi_document(service: bentoml.Service[Any], max_records: int) -> dict[st
         *TAGS.values(),
         *(tag for tag in document.get("tags", []) if tag["name"] != BENTOML_API_TAG),
     ]
+    api_routes = {api.route for api in service.apis.values()}
     for name, api in service.apis.items():
         operation = document["paths"][api.route]["post"]
         operation["operationId"] = name
@@ -371,6 +379,11 @@ def openapi_document(service: bentoml.Service[Any], max_records: int) -> dict[st
             "unreachable and the spool is past 90% full), or the service is starting or stopping.",
             "content": {"text/plain": {"schema": {"type": "string"}}},
         }
+    # The hot path refuses an unreadable Content-Type on every route, these included.
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            if method != "post" or path not in api_routes:
+                operation.setdefault("responses", {})["415"] = UNREADABLE_CONTENT_TYPE.response("")
     _prune(document)
     return document
 

@@ -277,6 +277,11 @@ def test_a_content_type_that_is_not_ascii_is_a_415_in_one_info_line_on_every_rou
     assert "[INFO]" in refusals[0], refusals[0]
     assert "Traceback" not in text, text[-3000:]
     assert re.search(r"^\S+ \[ERROR\]", text, flags=re.MULTILINE) is None, text[-3000:]
+    # ... and the document says so, for the routes it describes.
+    document = httpx.get(f"{served.url}/docs.json", timeout=30).json()
+    operation = document["paths"].get(route, {}).get(method.lower())
+    if operation is not None:
+        assert "415" in operation["responses"], (route, sorted(operation["responses"]))
 
 
 def _operations(document: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:

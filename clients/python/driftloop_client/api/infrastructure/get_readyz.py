@@ -5,6 +5,7 @@ import httpx
 
 from ... import errors
 from ...client import AuthenticatedClient, Client
+from ...models.error import Error
 from ...types import Response
 
 
@@ -18,10 +19,15 @@ def _get_kwargs() -> dict[str, Any]:
     return _kwargs
 
 
-def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> Any | str | None:
+def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> Any | Error | str | None:
     if response.status_code == 200:
         response_200 = cast(Any, None)
         return response_200
+
+    if response.status_code == 415:
+        response_415 = Error.from_dict(response.json())
+
+        return response_415
 
     if response.status_code == 503:
         response_503 = response.text
@@ -33,7 +39,7 @@ def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Res
         return None
 
 
-def _build_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> Response[Any | str]:
+def _build_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> Response[Any | Error | str]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -45,7 +51,7 @@ def _build_response(*, client: AuthenticatedClient | Client, response: httpx.Res
 def sync_detailed(
     *,
     client: AuthenticatedClient | Client,
-) -> Response[Any | str]:
+) -> Response[Any | Error | str]:
     """A <code>200</code> OK status from <code>/readyz</code> endpoint indicated the service is ready to
     accept traffic. From that point and onward, Kubernetes will use <code>/livez</code> endpoint to
     perform periodic health checks.
@@ -55,7 +61,7 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[Any | str]
+        Response[Any | Error | str]
     """
 
     kwargs = _get_kwargs()
@@ -70,7 +76,7 @@ def sync_detailed(
 def sync(
     *,
     client: AuthenticatedClient | Client,
-) -> Any | str | None:
+) -> Any | Error | str | None:
     """A <code>200</code> OK status from <code>/readyz</code> endpoint indicated the service is ready to
     accept traffic. From that point and onward, Kubernetes will use <code>/livez</code> endpoint to
     perform periodic health checks.
@@ -80,7 +86,7 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Any | str
+        Any | Error | str
     """
 
     return sync_detailed(
@@ -91,7 +97,7 @@ def sync(
 async def asyncio_detailed(
     *,
     client: AuthenticatedClient | Client,
-) -> Response[Any | str]:
+) -> Response[Any | Error | str]:
     """A <code>200</code> OK status from <code>/readyz</code> endpoint indicated the service is ready to
     accept traffic. From that point and onward, Kubernetes will use <code>/livez</code> endpoint to
     perform periodic health checks.
@@ -101,7 +107,7 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[Any | str]
+        Response[Any | Error | str]
     """
 
     kwargs = _get_kwargs()
@@ -114,7 +120,7 @@ async def asyncio_detailed(
 async def asyncio(
     *,
     client: AuthenticatedClient | Client,
-) -> Any | str | None:
+) -> Any | Error | str | None:
     """A <code>200</code> OK status from <code>/readyz</code> endpoint indicated the service is ready to
     accept traffic. From that point and onward, Kubernetes will use <code>/livez</code> endpoint to
     perform periodic health checks.
@@ -124,7 +130,7 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Any | str
+        Any | Error | str
     """
 
     return (
