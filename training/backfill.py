@@ -101,16 +101,21 @@ _LOCK_FEEDBACK_STAGED = """
 SELECT 1 FROM feedback f JOIN pg_temp.feedback_backfill s USING (request_id)
 ORDER BY f.request_id, f.predicted_at FOR UPDATE OF f
 """
-# A label goes beside its prediction: predicted_at is the prediction's created_at.
+# A label goes beside its prediction: predicted_at is the prediction's created_at. A label with no
+# received_at is taken as the prediction's own time (history arriving late), unless it corrects
+# a stored one: that correction is made now, so the audit trail never runs backwards.
 _UPSERT_FEEDBACK = """
 WITH previous AS (
     SELECT f.request_id, f.predicted_at, f.label, f.raw_label, f.key_id, f.received_at
     FROM feedback f JOIN pg_temp.feedback_backfill s USING (request_id)
 ), written AS (
     INSERT INTO feedback (request_id, predicted_at, label, raw_label, received_at)
-    SELECT s.request_id, p.created_at, s.label, s.raw_label, COALESCE(s.received_at, p.created_at)
+    SELECT s.request_id, p.created_at, s.label, s.raw_label,
+           COALESCE(s.received_at, CASE WHEN o.label IS DISTINCT FROM s.label AND o.label IS NOT NULL
+                                        THEN now() ELSE p.created_at END)
     FROM pg_temp.feedback_backfill s
     JOIN predictions p ON p.request_id = s.request_id AND p.model_name = %(model)s
+    LEFT JOIN previous o ON o.request_id = s.request_id AND o.predicted_at = p.created_at
     ON CONFLICT (request_id, predicted_at) DO UPDATE SET
         label = EXCLUDED.label,
         raw_label = CASE WHEN feedback.label IS DISTINCT FROM EXCLUDED.label

@@ -256,6 +256,14 @@ def test_a_labels_table_corrects_stored_labels(
     assert _rows(
         store_url, "SELECT request_id, label, raw_label, replaced_by FROM feedback_history"
     ) == [(first, int(original == "Yes"), original, None)]
+    # A correction with no received_at of its own is made now, after the label it replaced.
+    ((replaced_at, corrected_at),) = _rows(
+        store_url,
+        "SELECT h.received_at, f.received_at FROM feedback_history h"
+        " JOIN feedback f USING (request_id, predicted_at) WHERE h.request_id = %s",
+        first,
+    )
+    assert corrected_at > replaced_at
 
 
 @pytest.mark.parametrize(
