@@ -178,6 +178,24 @@ def _clean_env(**settings: str) -> dict[str, str]:
     return {**env, "BENTOML_DO_NOT_TRACK": "true", **settings}
 
 
+@contextmanager
+def _embedded_store_stopped(env: dict[str, str]) -> Iterator[None]:
+    """Stop the embedded PostgreSQL of ``env``'s data dir when the block ends, however it ends: the
+    restore starts one, which would otherwise outlive the test."""
+    try:
+        yield
+    finally:
+        if Path(env["DRIFTLOOP_HOME"], "pgdata", "postmaster.pid").exists():
+            subprocess.run(
+                [sys.executable, "-m", "training.cli", "db", "stop"],
+                env=env,
+                cwd=ROOT,
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+
+
 def test_the_demo_restored_from_a_backup_serves_the_same_champion_and_retrains(
     tmp_path: Path, airflow_database_url: str
 ) -> None:
@@ -187,47 +205,52 @@ def test_the_demo_restored_from_a_backup_serves_the_same_champion_and_retrains(
         BENTOML_HOME=str(bentoml_home),
         DRIFTLOOP_AIRFLOW_DATABASE_URL=airflow_database_url,
     )
-    _cli(env, "demo", "--reset")
-    url = _cli(env, "db", "url")[0].strip().splitlines()[-1]
-    before = _rows(url)
-    champion = _champion(url)
-    assert len(before["model_versions"]) >= 2  # the demo's champion and its retrain's challenger
+    with _embedded_store_stopped(env):
+        _cli(env, "demo", "--reset")
+        url = _cli(env, "db", "url")[0].strip().splitlines()[-1]
+        before = _rows(url)
+        champion = _champion(url)
+        assert (
+            len(before["model_versions"]) >= 2
+        )  # the demo's champion and its retrain's challenger
 
-    output, backup_s = _cli(env, "backup", "--to", str(offsite), "--keep", "2")
-    backup_uri = output.strip().splitlines()[-1].removeprefix("restore it with: driftloop restore ")
-    assert Path(backup_uri, "manifest.json").is_file()
-    manifest = json.loads(Path(backup_uri, "manifest.json").read_text())
-    assert manifest["champions"]["churn"]["tag"] == champion[0]
-    assert manifest["rows"]["predictions"] == len(before["predictions"])
+        output, backup_s = _cli(env, "backup", "--to", str(offsite), "--keep", "2")
+        backup_uri = (
+            output.strip().splitlines()[-1].removeprefix("restore it with: driftloop restore ")
+        )
+        assert Path(backup_uri, "manifest.json").is_file()
+        manifest = json.loads(Path(backup_uri, "manifest.json").read_text())
+        assert manifest["champions"]["churn"]["tag"] == champion[0]
+        assert manifest["rows"]["predictions"] == len(before["predictions"])
 
-    # The machine is lost: the store's server and data dir (artifacts, Airflow's home with them)
-    # and the BentoML home.
-    _cli(env, "db", "stop")
-    shutil.rmtree(home)
-    shutil.rmtree(bentoml_home)
+        # The machine is lost: the store's server and data dir (artifacts, Airflow's home with them)
+        # and the BentoML home.
+        _cli(env, "db", "stop")
+        shutil.rmtree(home)
+        shutil.rmtree(bentoml_home)
 
-    # The folder of backups, not the backup: restore takes the newest there.
-    numbers = _restore_and_check(env, url, str(offsite), before, champion, bentoml_home)
-    # The champion's training set is back where the registry records it: the drift check of the
-    # next retrain reads it. So is its Bento's export.
-    champion_row = next(r for r in before["model_versions"] if r[3] == champion[0])
-    assert Path(champion_row[7]).is_file()  # train_data_uri
+        # The folder of backups, not the backup: restore takes the newest there.
+        numbers = _restore_and_check(env, url, str(offsite), before, champion, bentoml_home)
+        # The champion's training set is back where the registry records it: the drift check of the
+        # next retrain reads it. So is its Bento's export.
+        champion_row = next(r for r in before["model_versions"] if r[3] == champion[0])
+        assert Path(champion_row[7]).is_file()  # train_data_uri
 
-    _cli(env, "retrain", "--force")
-    runs = _rows(url)["training_runs"]
-    assert len(runs) == len(before["training_runs"]) + 1
-    assert runs[-1][4] in ("promoted", "rejected"), runs[-1]
-    _record(
-        "local",
-        {
-            "backup_s": round(backup_s, 1),
-            **numbers,
-            "backup_parts": len(manifest["parts"]),
-            "backup_bytes": sum(p["bytes"] for p in manifest["parts"]),
-            "predictions": len(before["predictions"]),
-            "model_versions": len(before["model_versions"]),
-        },
-    )
+        _cli(env, "retrain", "--force")
+        runs = _rows(url)["training_runs"]
+        assert len(runs) == len(before["training_runs"]) + 1
+        assert runs[-1][4] in ("promoted", "rejected"), runs[-1]
+        _record(
+            "local",
+            {
+                "backup_s": round(backup_s, 1),
+                **numbers,
+                "backup_parts": len(manifest["parts"]),
+                "backup_bytes": sum(p["bytes"] for p in manifest["parts"]),
+                "predictions": len(before["predictions"]),
+                "model_versions": len(before["model_versions"]),
+            },
+        )
 
 
 _LOOP = """
