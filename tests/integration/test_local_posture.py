@@ -123,6 +123,10 @@ def _recv_frame(sock: socket.socket) -> tuple[int, bytes]:
         if flags & 0x02
         else _recv_exactly(sock, 1)[0]
     )
+    if flags & ~0x07 or size > 1 << 20:
+        # Not ZeroMQ (an HTTP server's 400, say): bytes read as a huge length would be a
+        # MemoryError, not an answer.
+        raise ConnectionError(f"not a ZeroMQ frame: flags {flags:#x}, length {size}")
     return flags, _recv_exactly(sock, size)
 
 
@@ -143,7 +147,9 @@ def circus_call(address: str | tuple[str, int], command: dict[str, object]) -> d
         sock.connect(address)
         greeting = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00")
         sock.sendall(greeting + b"\x00" + bytes(31))
-        _recv_exactly(sock, 64)
+        theirs = _recv_exactly(sock, 64)
+        if theirs[:1] != b"\xff" or theirs[9:10] != b"\x7f":
+            raise ConnectionError(f"not a ZeroMQ peer: {theirs[:24]!r}")
         ready = b"\x05READY" + b"\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
         sock.sendall(_frame(0x04, ready))
         flags, body = _recv_frame(sock)
